@@ -1,0 +1,209 @@
+"""Command line: parse arguments, set up logging, load config, run, map the outcome to an exit code.
+
+Exit codes (documented in the README):
+    0   complete: every scope of every tenant
+    1   some scope partial or failed (the manifest says which and why)
+    2   bad configuration or usage
+    130 interrupted by SIGINT or SIGTERM
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from crawler import __version__
+from crawler.config import ConfigError, ConfigErrors, TenantConfig, json_schema, load_tenants
+from crawler.errors import CrawlerError
+from crawler.logs import setup_logging
+from crawler.runner import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE, RunOptions, new_run_id, run_crawl
+
+log = logging.getLogger("crawler")
+
+T = TypeVar("T")
+
+
+def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run on uvloop when available; SIGINT and SIGTERM cancel the main task (clean stop, exit 130)."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        loop = runner.get_loop()
+
+        async def main() -> T:
+            task = asyncio.current_task()
+            assert task is not None
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, _on_signal, task, sig)
+            try:
+                return await factory()
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+
+        return runner.run(main())
+
+
+def _on_signal(task: asyncio.Task[Any], sig: signal.Signals) -> None:
+    log.warning("received %s: stopping; complete scopes are kept, the manifest will say 'interrupted'", sig.name)
+    task.cancel()
+
+
+def _load(paths: Sequence[str]) -> list[TenantConfig]:
+    return load_tenants([Path(p) for p in paths])
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    tenants = _load(args.files)
+    for tenant in tenants:
+        print(f"ok: {tenant.source}: tenant {tenant.name}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    sys.stdout.buffer.write(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    tenants = _load(args.config)
+    output = args.output or (str(tenants[0].output.directory) if tenants and tenants[0].output.directory else None)
+    if output is None:
+        raise UsageError("no output directory: give --output DIR (or '-' for stdout), or output.directory in the config")
+    run_id = args.run_id or new_run_id()
+    setup_logging(args.log_level, args.log_json, run_id)
+    options = RunOptions(
+        output=output,
+        run_id=run_id,
+        progress_interval=args.progress_interval,
+        manifest_path=Path(args.manifest) if args.manifest else None,
+    )
+    log.info("run %s: %d tenant(s), output %s", run_id, len(tenants), output)
+    outcome = run_async(lambda: run_crawl(tenants, options))
+    print_summary(outcome.manifest, outcome.manifest_path)
+    return outcome.exit_code
+
+
+def print_summary(manifest: dict[str, Any], manifest_path: Path | None) -> None:
+    totals = manifest["totals"]
+    by_status = ", ".join(f"{n} {s}" for s, n in sorted(totals["scopes_by_status"].items())) or "no scopes"
+    lines = [
+        f"run {manifest['run_id']}: {manifest['status'].upper()} in {manifest['duration_seconds']:.1f}s",
+        f"  scopes: {totals['scopes']} ({by_status})",
+        f"  backups written: {totals['records_written']} in {totals['files']} files",
+    ]
+    for failure in manifest["tenant_failures"]:
+        lines.append(f"  tenant failure: {failure['error']}")
+    bad = [s for s in manifest["scopes"] if s["status"] != "complete"]
+    for scope in bad[:10]:
+        lines.append(f"  {scope['status']}: {scope['key']}: {scope['error']}")
+    if len(bad) > 10:
+        lines.append(f"  ... and {len(bad) - 10} more (see the manifest)")
+    if manifest_path is not None:
+        lines.append(f"  manifest: {manifest_path}")
+    print("\n".join(lines), file=sys.stderr)
+
+
+class UsageError(CrawlerError):
+    """Wrong command-line use: exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cbr-crawler",
+        description="A complete, trustworthy inventory of Huawei Cloud CBR backups.",
+    )
+    parser.add_argument("--version", action="version", version=f"cbr-crawler {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="crawl the tenants of the given config files into NDJSON and a manifest")
+    run.add_argument("--config", "-c", nargs="+", required=True, help="tenant YAML files or directories")
+    run.add_argument("--output", "-o", help="output directory, or '-' for NDJSON on stdout")
+    run.add_argument("--manifest", help="with --output -: where to write the manifest")
+    run.add_argument("--run-id", help="run id (default: UTC time + random suffix)")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-json", action="store_true", help="JSON-lines logs, each with the run id")
+    run.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress lines")
+    run.set_defaults(func=cmd_run)
+
+    plan = sub.add_parser("plan", help="list the scopes a run would crawl, with expected backups, requests and time")
+    plan.add_argument("--config", "-c", nargs="+", required=True)
+    plan.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    plan.set_defaults(func=cmd_plan)
+
+    validate = sub.add_parser("validate", help="check tenant files without touching the network")
+    validate.add_argument("files", nargs="+")
+    validate.set_defaults(func=cmd_validate)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of tenant files (for editors)")
+    schema.set_defaults(func=cmd_schema)
+
+    demo = sub.add_parser("demo", help="start the built-in emulator, crawl it with config/demo.yaml, print a summary")
+    demo.add_argument("--output", "-o", default="out/demo", help="output directory (default out/demo)")
+    demo.add_argument("--backups", type=int, default=20000, help="backups in the demo estate (default 20000)")
+    demo.add_argument("--config", "-c", help="tenant file (default: the packaged config/demo.yaml)")
+    demo.set_defaults(func=cmd_demo)
+
+    emulator = sub.add_parser("emulator", help="serve the CBR/IAM/EPS emulator on loopback", add_help=False)
+    emulator.add_argument("args", nargs=argparse.REMAINDER)
+    emulator.set_defaults(func=cmd_emulator)
+    return parser
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from crawler.emulator.__main__ import main as emulator_main
+
+    return emulator_main(list(args.args))
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from crawler.plan import run_plan
+
+    setup_logging(args.log_level)
+    tenants = _load(args.config)
+    return run_async(lambda: run_plan(tenants))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from crawler.demo import run_demo
+
+    setup_logging("info")
+    return run_demo(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except (ConfigError, ConfigErrors) as exc:
+        print(f"cbr-crawler: configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"cbr-crawler: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CrawlerError as exc:
+        print(f"cbr-crawler: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

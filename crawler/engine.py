@@ -1,0 +1,244 @@
+"""The scheduler: a fixed pool of workers per tenant pulling page jobs, fairly and within limits.
+
+Each tenant gets its own workers (its configured concurrency) and its own limiters, so a huge
+tenant cannot starve the others: tenants run side by side, each at its own pace. Within a tenant,
+workers prefer pages of scopes already open (oldest first) over opening new scopes, which keeps the
+number of open files and buffered pages bounded; at most ``concurrency`` scopes are open at once.
+
+Nothing is ever one task per item: the number of tasks is the sum of the tenants' concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from crawler.client import ApiClient, ApiRequest, Authenticator
+from crawler.errors import AuthFailedError, CrawlerError
+from crawler.paging import ScopeCrawl, check_page
+from crawler.ratelimit import QuotaLimiter
+from crawler.scope import Scope, ScopeResult
+from crawler.sink import Sink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Counters for progress lines and the final summary."""
+
+    scopes_total: int = 0
+    scopes_done: int = 0
+    scopes_failed: int = 0
+    records: int = 0
+    pages: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return (
+            f"progress: {self.scopes_done}/{self.scopes_total} scopes, {self.records} backups, "
+            f"{self.pages} pages, {self.records / elapsed:.0f} backups/s, {elapsed:.0f}s"
+        )
+
+
+@dataclass(slots=True)
+class TenantPlan:
+    """What the engine needs to crawl one tenant's scopes."""
+
+    name: str
+    auth: Authenticator
+    scopes: list[Scope]
+    cbr_endpoint: Callable[[str], str]  # region -> base URL
+    cbr_limiter: Callable[[str], QuotaLimiter]  # region -> limiter of this quota owner
+    concurrency: int
+    page_size: int
+    layout: str
+    credential_error: CrawlerError | None = None  # set when discovery already proved it broken
+
+
+class _TenantScheduler:
+    """Hands out (scope, offset) jobs: pages of open scopes first, then first pages of new ones."""
+
+    def __init__(self, scopes: Iterable[Scope], open_scope: Callable[[Scope], ScopeCrawl], max_open: int):
+        self._pending: deque[Scope] = deque(scopes)
+        self._open_scope = open_scope
+        self._max_open = max_open
+        self.open: list[ScopeCrawl] = []
+        self._changed = asyncio.Condition()
+
+    async def next_job(self) -> tuple[ScopeCrawl, int] | None:
+        async with self._changed:
+            while True:
+                for crawl in self.open:
+                    offset = crawl.take_offset()
+                    if offset is not None:
+                        return crawl, offset
+                if len(self.open) < self._max_open and self._pending:
+                    crawl = self._open_scope(self._pending.popleft())
+                    self.open.append(crawl)
+                    offset = crawl.take_offset()
+                    assert offset == 0
+                    return crawl, offset
+                if not self.open and not self._pending:
+                    return None
+                await self._changed.wait()
+
+    async def changed(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def close(self, crawl: ScopeCrawl) -> bool:
+        """Take a finished scope out of the open set; True for the one caller that must conclude it."""
+        if crawl.closed or not crawl.finished:
+            return False
+        crawl.closed = True
+        self.open.remove(crawl)
+        return True
+
+    def drain(self) -> list[Scope]:
+        """Scopes never started (used when a tenant's credential is refused)."""
+        scopes = list(self._pending)
+        self._pending.clear()
+        return scopes
+
+
+class Engine:
+    """Runs every tenant's scopes and collects one :class:`ScopeResult` per scope."""
+
+    def __init__(self, client: ApiClient, sink: Sink, *, run_id: str, stats: RunStats | None = None) -> None:
+        self.client = client
+        self.sink = sink
+        self.run_id = run_id
+        self.stats = stats or RunStats()
+        self.results: list[ScopeResult] = []
+
+    async def run(self, tenants: list[TenantPlan]) -> list[ScopeResult]:
+        self.stats.scopes_total += sum(len(t.scopes) for t in tenants)
+        async with asyncio.TaskGroup() as group:
+            for tenant in tenants:
+                group.create_task(self._run_tenant(tenant), name=f"tenant:{tenant.name}")
+        return self.results
+
+    async def _run_tenant(self, tenant: TenantPlan) -> None:
+        if tenant.credential_error is not None:
+            for scope in tenant.scopes:
+                self._record_unstarted(scope, tenant.credential_error)
+            return
+
+        def open_scope(scope: Scope) -> ScopeCrawl:
+            output = self.sink.open(scope.relpath(tenant.layout))
+            return ScopeCrawl(
+                scope, output, run_id=self.run_id, page_size=tenant.page_size, window=2 * tenant.concurrency
+            )
+
+        scheduler = _TenantScheduler(tenant.scopes, open_scope, max_open=tenant.concurrency)
+        state = _TenantState()
+        async with asyncio.TaskGroup() as group:
+            for n in range(tenant.concurrency):
+                group.create_task(self._worker(tenant, scheduler, state), name=f"worker:{tenant.name}:{n}")
+
+    async def _worker(self, tenant: TenantPlan, scheduler: _TenantScheduler, state: _TenantState) -> None:
+        while (job := await scheduler.next_job()) is not None:
+            crawl, offset = job
+            if state.credential_error is not None:
+                crawl.fail(state.credential_error)
+            else:
+                await self._fetch(tenant, crawl, offset, state)
+            if scheduler.close(crawl):
+                await self._conclude(crawl)
+                if state.credential_error is not None:
+                    for scope in scheduler.drain():
+                        self._record_unstarted(scope, state.credential_error)
+            await scheduler.changed()
+
+    async def _fetch(self, tenant: TenantPlan, crawl: ScopeCrawl, offset: int, state: _TenantState) -> None:
+        scope = crawl.scope
+        request = ApiRequest(
+            service="cbr",
+            method="GET",
+            base_url=tenant.cbr_endpoint(scope.region),
+            path=f"/v3/{scope.project_id}/backups",
+            query=crawl.page_query(offset),
+            project_id=scope.project_id,
+        )
+        try:
+            response = await self.client.send(
+                request, tenant.auth, tenant.cbr_limiter(scope.region), check=check_page
+            )
+        except AuthFailedError as exc:
+            # The credential itself is refused (after one re-authentication): every other scope
+            # of this tenant would fail the same way, so stop spending requests on them.
+            error = CredentialRefused(tenant.name, tenant.auth.description, exc)
+            if state.credential_error is None:
+                state.credential_error = error
+                log.error("%s", error)
+            crawl.fail(error)
+        except CrawlerError as exc:
+            crawl.fail(exc)
+        else:
+            self.stats.pages += 1
+            before = crawl.result.records_written
+            await crawl.accept(offset, response)
+            self.stats.records += crawl.result.records_written - before
+
+    async def _conclude(self, crawl: ScopeCrawl) -> None:
+        complete = crawl.error is None and crawl.total is not None
+        result = crawl.conclude()
+        if result.status != "complete":
+            complete = False
+        try:
+            files = await crawl.output.commit(complete)
+        except OSError as exc:
+            await crawl.output.discard()
+            result.status = "failed"
+            result.error = f"could not write {crawl.scope.key}: {exc}"
+            files = []
+        result.files = [f.as_dict() for f in files]
+        self._finish(result)
+
+    def _record_unstarted(self, scope: Scope, error: CrawlerError) -> None:
+        result = ScopeResult(scope, status="failed", error=str(error))
+        result.error_code = getattr(error, "code", None)
+        result.request_id = getattr(error, "request_id", None)
+        self._finish(result, quiet=True)
+
+    def _finish(self, result: ScopeResult, quiet: bool = False) -> None:
+        self.results.append(result)
+        self.stats.scopes_done += 1
+        if result.status == "complete":
+            log.info(
+                "scope complete %s: %d backups in %d pages",
+                result.scope.key,
+                result.records_written,
+                result.pages,
+            )
+        else:
+            self.stats.scopes_failed += 1
+            if not quiet:
+                log.warning(
+                    "scope %s %s: %s (%d backups written)",
+                    result.status,
+                    result.scope.key,
+                    result.error,
+                    result.records_written,
+                )
+
+
+@dataclass(slots=True)
+class _TenantState:
+    credential_error: CrawlerError | None = None
+
+
+class CredentialRefused(CrawlerError):
+    """A tenant's credential was refused: names the tenant, the source, the code and request id."""
+
+    def __init__(self, tenant: str, source: str, cause: AuthFailedError) -> None:
+        self.tenant = tenant
+        self.code = cause.code
+        self.request_id = cause.request_id
+        super().__init__(f"tenant {tenant}: credential refused ({source}): {cause.describe()}")

@@ -1,0 +1,205 @@
+"""Paging one scope: first page -> count -> the remaining offsets -> ordered, de-duplicated lines.
+
+The first page (offset 0) gives ``count``, the total number of matches. The remaining pages are
+then fetched concurrently (offset fan-out), but never more than ``window`` pages ahead of the
+lowest page not yet written: pages are written in offset order, so a slow page holds back at most
+``window`` finished ones in memory.
+
+Records are de-duplicated by id within the scope (offset paging over a live set repeats records
+when new backups push older ones down). A scope is complete only when the unique ids received
+match ``count``, on the first page and on the last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import orjson
+
+from crawler.client import ApiResponse
+from crawler.errors import BadResponseError
+from crawler.scope import Scope, ScopeResult
+from crawler.sink import ScopeOutput
+
+PROVENANCE_KEY = "_crawl"
+
+
+def check_page(response: ApiResponse) -> None:
+    """Reject answers that are not a ListBackups page, so that the client retries them."""
+    data = response.data
+    if not isinstance(data, dict):
+        raise BadResponseError("ListBackups answer is not a JSON object", request_id=response.request_id)
+    backups = data.get("backups")
+    count = data.get("count")
+    if not isinstance(backups, list):
+        raise BadResponseError("ListBackups answer has no 'backups' list", request_id=response.request_id)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise BadResponseError(
+            f"ListBackups answer has a bad 'count': {count!r}", request_id=response.request_id
+        )
+    for index, record in enumerate(backups):
+        if not isinstance(record, dict):
+            raise BadResponseError(
+                f"backup #{index} of the page is not an object", request_id=response.request_id
+            )
+        backup_id = record.get("id")
+        if not isinstance(backup_id, str) or not backup_id:
+            raise BadResponseError(f"backup #{index} of the page has no 'id'", request_id=response.request_id)
+
+
+def utc_now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class ScopeCrawl:
+    """The state of one scope while its pages are fetched."""
+
+    def __init__(
+        self,
+        scope: Scope,
+        output: ScopeOutput,
+        *,
+        run_id: str,
+        page_size: int,
+        window: int,
+    ) -> None:
+        self.scope = scope
+        self.output = output
+        self.page_size = page_size
+        self.window = max(1, window)
+        self.result = ScopeResult(scope, started_at=utc_now_iso())
+        self._provenance: dict[str, Any] = {
+            "tenant": scope.tenant,
+            "region": scope.region,
+            "project_id": scope.project_id,
+            "project_name": scope.project_name,
+            "enterprise_project_id": scope.enterprise_project_id,
+            "own_type": scope.own_type,
+            "run_id": run_id,
+        }
+        self._ids: set[str] = set()
+        self.total: int | None = None  # count from the first page
+        self._next_offset = 0  # next offset to hand out
+        self._flush_offset = 0  # next offset to write
+        self._buffered: dict[int, tuple[list[dict[str, Any]], int]] = {}
+        self._in_flight = 0
+        self._flush_lock = asyncio.Lock()
+        self.error: BaseException | None = None
+        self.closed = False
+
+    # -- scheduling ---------------------------------------------------------------------------
+
+    def take_offset(self) -> int | None:
+        """The next offset to fetch, or None if none may be fetched now."""
+        if self.error is not None or self.closed:
+            return None
+        if self.total is None:
+            # Only the first page may go before its count is known, and only once.
+            if self._next_offset != 0:
+                return None
+            self._next_offset = -1
+            self._in_flight += 1
+            return 0
+        too_far_ahead = self._next_offset - self._flush_offset >= self.window * self.page_size
+        if self._next_offset >= self.total or too_far_ahead:
+            return None
+        offset = self._next_offset
+        self._next_offset += self.page_size
+        self._in_flight += 1
+        return offset
+
+    def page_query(self, offset: int) -> list[tuple[str, str]]:
+        return [*self.scope.query(), ("limit", str(self.page_size)), ("offset", str(offset))]
+
+    @property
+    def finished(self) -> bool:
+        """Nothing in flight, and either failed or every page written."""
+        if self._in_flight:
+            return False
+        if self.error is not None:
+            return True
+        return self.total is not None and self._flush_offset >= self.total and not self._buffered
+
+    # -- results ------------------------------------------------------------------------------
+
+    def fail(self, error: BaseException) -> None:
+        self._in_flight -= 1
+        if self.error is None:
+            self.error = error
+
+    async def accept(self, offset: int, response: ApiResponse) -> None:
+        """A page arrived: buffer it and write every page that is now in order."""
+        self._in_flight -= 1
+        data = response.data
+        records: list[dict[str, Any]] = data["backups"]
+        count: int = data["count"]
+        self.result.pages += 1
+        self.result.last_count = count
+        if offset == 0:
+            self.total = count
+            self.result.count = count
+            self._next_offset = self.page_size
+            # An empty scope, or one answered in a single page, is done after this page.
+        if count != self.total:
+            self._note(f"count changed from {self.total} to {count} at offset {offset}")
+        expected = min(self.page_size, max(0, (self.total or 0) - offset))
+        if len(records) < expected:
+            self._note(f"short page at offset {offset}: {len(records)} of {expected} records")
+        self._buffered[offset] = (records, count)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        # One flusher at a time keeps lines in offset order; the others just leave their page in
+        # the buffer for it.
+        async with self._flush_lock:
+            while self._flush_offset in self._buffered:
+                records, _count = self._buffered.pop(self._flush_offset)
+                data, written = self._encode(records)
+                if written:
+                    await self.output.write(data, written)
+                    self.result.records_written += written
+                self._flush_offset += self.page_size
+                if self.total is not None and self._flush_offset >= self.total:
+                    break
+
+    def _encode(self, records: list[dict[str, Any]]) -> tuple[bytes, int]:
+        provenance = {**self._provenance, "fetched_at": utc_now_iso()}
+        ids = self._ids
+        lines = []
+        for record in records:
+            backup_id = record["id"]
+            if backup_id in ids:
+                self.result.duplicates += 1
+                continue
+            ids.add(backup_id)
+            # The record is written as the API sent it; provenance goes under one added key.
+            record[PROVENANCE_KEY] = provenance
+            lines.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        return b"".join(lines), len(lines)
+
+    def _note(self, note: str) -> None:
+        if len(self.result.notes) < 20:
+            self.result.notes.append(note)
+
+    def conclude(self) -> ScopeResult:
+        """Decide the scope's status (call once, when finished)."""
+        result = self.result
+        result.unique_ids = len(self._ids)
+        result.finished_at = utc_now_iso()
+        if self.error is not None:
+            result.status = "partial" if result.records_written else "failed"
+            result.error = str(self.error)
+            result.error_code = getattr(self.error, "code", None)
+            result.request_id = getattr(self.error, "request_id", None)
+        elif result.unique_ids == result.count and result.last_count == result.count:
+            result.status = "complete"
+        else:
+            result.status = "partial"
+            result.error = (
+                f"received {result.unique_ids} unique backups, the API counted {result.count} "
+                f"(last page said {result.last_count})"
+            )
+        self._ids = set()  # release memory as soon as the scope is done
+        return result

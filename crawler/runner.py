@@ -1,0 +1,406 @@
+"""One run: tenant configs -> credentials -> discovery -> scopes -> engine -> manifest.
+
+This is where the pieces meet; each piece stays ignorant of the others. The outcome is a manifest
+and an exit code, decided here and only here:
+
+    0   every scope of every tenant complete
+    1   some scope partial or failed, or a tenant could not be discovered
+    130 interrupted (SIGINT/SIGTERM); what was complete stays, the manifest says "interrupted"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import fcntl
+import logging
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from crawler import __version__
+from crawler.auth import (
+    AccessKey,
+    AgencyTokenAuth,
+    AkSkAuth,
+    IamEndpoints,
+    PasswordAuth,
+    StaticTokenAuth,
+    TemporaryAkSkAuth,
+)
+from crawler.client import ApiClient, Authenticator
+from crawler.config import TenantConfig, config_digest
+from crawler.discovery import discover_enterprise_projects, discover_projects
+from crawler.engine import CredentialRefused, Engine, RunStats, TenantPlan
+from crawler.errors import AuthFailedError, CrawlerError
+from crawler.logs import register_secret
+from crawler.manifest import clear_success, write_manifest
+from crawler.ratelimit import LimiterRegistry, QuotaOwner
+from crawler.scope import Scope, ScopeResult
+from crawler.sink import FileSink, Sink, StdoutSink
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class RunOptions:
+    """What the command line adds to the tenant files."""
+
+    output: str  # a directory, or "-" for standard output
+    run_id: str = field(default_factory=new_run_id)
+    progress_interval: float = 10.0
+    manifest_path: Path | None = None  # where the manifest goes with --output -
+
+
+@dataclass(slots=True)
+class TenantFailure:
+    tenant: str
+    stage: str
+    error: str
+    error_code: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    exit_code: int
+    manifest: dict[str, Any]
+    manifest_path: Path | None
+
+
+class RunLock:
+    """An exclusive lock on the output directory: two runs must never write one output."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / ".cbr-crawler.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CrawlerError(f"another run holds the lock on {self.path.parent} (lock file {self.path})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class TenantContext:
+    """A tenant's credential, limiters and endpoints for this run."""
+
+    def __init__(self, config: TenantConfig, client: ApiClient, limiters: LimiterRegistry) -> None:
+        self.config = config
+        self.name = config.name
+        self.client = client
+        self.limiters = limiters
+        self.auth = build_auth(config, client, self.iam())
+
+    def _limiter(self, service: str, endpoint: str) -> Any:
+        rate = self.config.rate_limit.requests_per_second
+        identity = getattr(self, "auth", None)
+        credential = identity.identity if identity is not None else f"tenant:{self.name}"
+        return self.limiters.get(QuotaOwner(credential, service, endpoint), rate)
+
+    def iam(self, region: str | None = None) -> IamEndpoints:
+        base = self.config.endpoint("iam", region)
+        return IamEndpoints(base, self.limiters.get(QuotaOwner(f"tenant:{self.name}", "iam", base), None))
+
+    def cbr_endpoint(self, region: str) -> str:
+        return self.config.endpoint("cbr", region)
+
+    def cbr_limiter(self, region: str) -> Any:
+        return self._limiter("cbr", self.cbr_endpoint(region))
+
+    async def discover(self) -> list[Scope]:
+        """The tenant's scopes: projects x enterprise projects x own_type views."""
+        cfg = self.config
+        regions = list(cfg.regions)
+        projects: list[tuple[str, str, str]]  # (region, id, name)
+        if cfg.projects.ids:
+            projects = [(regions[0], pid, pid) for pid in cfg.projects.ids] if len(regions) == 1 else []
+            if not projects:
+                # Explicit ids across several regions: ask IAM which region each id is in.
+                found = await discover_projects(
+                    self.client, self.auth, self.config.endpoint("iam", None), self.iam().limiter, regions
+                )
+                by_id = {p.id: p for p in found}
+                missing = [pid for pid in cfg.projects.ids if pid not in by_id]
+                if missing:
+                    raise CrawlerError(f"project ids not found in regions {regions}: {', '.join(missing)}")
+                projects = [(by_id[pid].region, pid, by_id[pid].name) for pid in cfg.projects.ids]
+        else:
+            found = await discover_projects(
+                self.client,
+                self.auth,
+                self.config.endpoint("iam", None),
+                self.iam().limiter,
+                regions,
+                include=list(cfg.projects.include),
+                exclude=list(cfg.projects.exclude),
+            )
+            projects = [(p.region, p.id, p.name) for p in found]
+
+        eps: list[str | None]
+        ep_cfg = cfg.enterprise_projects
+        if ep_cfg.mode == "none":
+            eps = [None]
+        elif ep_cfg.mode == "ids":
+            eps = list(ep_cfg.ids)
+        elif ep_cfg.mode == "all_granted":
+            eps = ["all_granted_eps"]
+        else:
+            eps_base = self.config.endpoint("eps", None)
+            found_eps = await discover_enterprise_projects(
+                self.client,
+                self.auth,
+                eps_base,
+                self._limiter("eps", eps_base),
+                include=list(ep_cfg.include),
+                exclude=list(ep_cfg.exclude),
+                enabled_only=ep_cfg.status == "enabled",
+            )
+            eps = [ep.id for ep in found_eps]
+
+        filters = tuple(cfg.filters.to_query())
+        return [
+            Scope(self.name, region, pid, name, ep, own_type, filters)
+            for region, pid, name in projects
+            for ep in eps
+            for own_type in cfg.own_types
+        ]
+
+
+def build_auth(config: TenantConfig, client: ApiClient, iam: IamEndpoints) -> Authenticator:
+    """The tenant's authenticator, with its secrets read now (from env vars or files)."""
+    return _build(config.auth, client, iam)
+
+
+def _secret(value: Any) -> str:
+    text: str = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+    register_secret(text)
+    return text
+
+
+def _build(auth: Any, client: ApiClient, iam: IamEndpoints) -> Any:
+    mode = auth.mode
+    if mode == "token":
+        token, source = auth.resolve_token()
+        return StaticTokenAuth(_secret(token), source)
+    if mode == "password":
+        password, source = auth.resolve_password()
+        return PasswordAuth(client, iam, user=auth.user, domain=auth.domain, password=_secret(password), source=source)
+    if mode == "aksk":
+        ak, sk, source = auth.resolve_keys()
+        return AkSkAuth(AccessKey(_secret(ak), _secret(sk)), source)
+    if mode == "temporary":
+        source_auth = _build(auth.source, client, iam)
+        return TemporaryAkSkAuth(client, iam, source_auth, duration_seconds=auth.duration_seconds)
+    if mode == "agency":
+        source_auth = _build(auth.source, client, iam)
+        if auth.credential == "temporary_aksk":
+            return TemporaryAkSkAuth(
+                client,
+                iam,
+                source_auth,
+                duration_seconds=auth.duration_seconds,
+                agency=(auth.domain_name, auth.agency_name),
+            )
+        return AgencyTokenAuth(client, iam, source_auth, domain_name=auth.domain_name, agency_name=auth.agency_name)
+    raise CrawlerError(f"unknown auth mode {mode!r}")
+
+
+async def _progress(stats: RunStats, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        log.info("%s", stats.line())
+
+
+async def plan_tenants(
+    tenants: Sequence[TenantConfig], client: ApiClient, limiters: LimiterRegistry
+) -> tuple[list[TenantPlan], list[TenantFailure]]:
+    """Discover every tenant concurrently; a tenant that fails discovery fails alone."""
+    plans: list[TenantPlan] = []
+    failures: list[TenantFailure] = []
+
+    async def one(cfg: TenantConfig) -> None:
+        try:
+            ctx = TenantContext(cfg, client, limiters)
+        except CrawlerError as exc:
+            failures.append(TenantFailure(cfg.name, "credentials", str(exc)))
+            log.error("tenant %s: %s", cfg.name, exc)
+            return
+        try:
+            scopes = await ctx.discover()
+        except AuthFailedError as exc:
+            error = CredentialRefused(cfg.name, ctx.auth.description, exc)
+            failures.append(TenantFailure(cfg.name, "discovery", str(error), exc.code, exc.request_id))
+            log.error("%s", error)
+            return
+        except CrawlerError as exc:
+            failures.append(
+                TenantFailure(
+                    cfg.name, "discovery", f"tenant {cfg.name}: discovery failed: {exc}",
+                    getattr(exc, "code", None), getattr(exc, "request_id", None),
+                )
+            )
+            log.error("tenant %s: discovery failed: %s", cfg.name, exc)
+            return
+        log.info("tenant %s: %d scopes to crawl", cfg.name, len(scopes))
+        plans.append(
+            TenantPlan(
+                name=cfg.name,
+                auth=ctx.auth,
+                scopes=scopes,
+                cbr_endpoint=ctx.cbr_endpoint,
+                cbr_limiter=ctx.cbr_limiter,
+                concurrency=cfg.rate_limit.concurrency,
+                page_size=cfg.rate_limit.page_size,
+                layout=cfg.output.layout,
+            )
+        )
+
+    async with asyncio.TaskGroup() as group:
+        for cfg in tenants:
+            group.create_task(one(cfg))
+    plans.sort(key=lambda p: p.name)
+    return plans, failures
+
+
+def make_session(tenants: Sequence[TenantConfig]) -> aiohttp.ClientSession:
+    connect = max((t.timeouts.connect for t in tenants), default=10.0)
+    read = max((t.timeouts.read for t in tenants), default=60.0)
+    timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=read)
+    limit = sum(t.rate_limit.concurrency for t in tenants) + 8
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300)
+    return aiohttp.ClientSession(timeout=timeout, connector=connector, raise_for_status=False)
+
+
+async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> RunOutcome:
+    """Crawl every tenant; write files and the manifest; decide the exit code."""
+    started = _now_iso()
+    t0 = time.monotonic()
+    to_stdout = options.output == "-"
+    root = None if to_stdout else Path(options.output)
+    lock = None
+    if root is not None:
+        lock = RunLock(root)
+        lock.acquire()
+        # A marker left by an earlier run must not vouch for what this run is about to rewrite.
+        clear_success(root)
+    compression = tenants[0].output.compression if tenants else "none"
+    sink: Sink = StdoutSink() if to_stdout else FileSink(root or Path("."), compression)
+    limiters = LimiterRegistry()
+    stats = RunStats()
+    engine: Engine | None = None
+    failures: list[TenantFailure] = []
+    interrupted = False
+    progress: asyncio.Task[None] | None = None
+    try:
+        async with make_session(tenants) as session:
+            client = ApiClient(session)
+            plans, failures = await plan_tenants(tenants, client, limiters)
+            engine = Engine(client, sink, run_id=options.run_id, stats=stats)
+            progress = asyncio.create_task(_progress(stats, options.progress_interval))
+            await engine.run(plans)
+    except asyncio.CancelledError:
+        interrupted = True
+    finally:
+        if progress is not None:
+            progress.cancel()
+        try:
+            await sink.close()
+        except asyncio.CancelledError:
+            interrupted = True
+    results = engine.results if engine is not None else []
+    manifest = build_manifest(
+        options, tenants, results, failures, limiters, started, time.monotonic() - t0, interrupted
+    )
+    manifest_path = options.manifest_path if to_stdout else (root / "manifest.json" if root else None)
+    if manifest_path is not None:
+        target_root = manifest_path.parent if to_stdout else root
+        assert target_root is not None
+        await asyncio.to_thread(write_manifest, target_root, manifest)
+    if lock is not None:
+        lock.release()
+    if interrupted:
+        code = EXIT_INTERRUPTED
+    elif manifest["status"] == "complete":
+        code = EXIT_OK
+    else:
+        code = EXIT_INCOMPLETE
+    return RunOutcome(code, manifest, manifest_path)
+
+
+def build_manifest(
+    options: RunOptions,
+    tenants: Sequence[TenantConfig],
+    results: list[ScopeResult],
+    failures: list[TenantFailure],
+    limiters: LimiterRegistry,
+    started: str,
+    duration: float,
+    interrupted: bool,
+) -> dict[str, Any]:
+    results = sorted(results, key=lambda r: r.scope.key)
+    by_status: dict[str, int] = {}
+    for r in results:
+        by_status[r.status] = by_status.get(r.status, 0) + 1
+    complete = not interrupted and not failures and all(r.status == "complete" for r in results)
+    status = "interrupted" if interrupted else ("complete" if complete else "incomplete")
+    return {
+        "format": 1,
+        "tool": f"cbr-crawler {__version__}",
+        "run_id": options.run_id,
+        "status": status,
+        "started_at": started,
+        "finished_at": _now_iso(),
+        "duration_seconds": round(duration, 3),
+        "config_digest": config_digest(list(tenants)),
+        "tenants": [t.name for t in tenants],
+        "tenant_failures": [
+            {
+                "tenant": f.tenant,
+                "stage": f.stage,
+                "error": f.error,
+                "error_code": f.error_code,
+                "request_id": f.request_id,
+            }
+            for f in failures
+        ],
+        "totals": {
+            "scopes": len(results),
+            "scopes_by_status": by_status,
+            "records_written": sum(r.records_written for r in results),
+            "files": sum(len(r.files) for r in results),
+        },
+        "quota_owners": limiters.report(),
+        "scopes": [r.as_dict() for r in results],
+    }

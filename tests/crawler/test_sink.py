@@ -1,0 +1,79 @@
+"""The file sink: temporary names until commit, compression, hashes of the bytes on disk."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from crawler.manifest import SUCCESS, clear_success, write_manifest
+from crawler.sink import FileSink
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
+async def test_commit_renames_and_hashes_the_bytes_on_disk(tmp_path: Path, compression: str) -> None:
+    sink = FileSink(tmp_path, compression)
+    out = sink.open("acme/cn-north-4/p1/backups.private.no-ep.ndjson")
+    await out.write(b'{"id":"a"}\n', 1)
+    await out.write(b'{"id":"b"}\n', 1)
+    part_files = list(tmp_path.rglob("*.part"))
+    assert len(part_files) == 1, "written under a temporary name until the scope completes"
+    [record] = await out.commit(complete=True)
+    await sink.close()
+
+    path = tmp_path / record.path
+    assert not list(tmp_path.rglob("*.part"))
+    raw = path.read_bytes()
+    assert record.size == len(raw)
+    assert record.sha256 == hashlib.sha256(raw).hexdigest()
+    assert record.records == 2
+    if compression == "gzip":
+        assert path.name.endswith(".ndjson.gz")
+        raw = gzip.decompress(raw)
+    elif compression == "zstd":
+        assert path.name.endswith(".ndjson.zst")
+        raw = zstandard.ZstdDecompressor().stream_reader(raw).read()
+    assert raw == b'{"id":"a"}\n{"id":"b"}\n'
+
+
+async def test_gzip_output_is_reproducible(tmp_path: Path) -> None:
+    digests = []
+    for run in ("one", "two"):
+        sink = FileSink(tmp_path / run, "gzip")
+        out = sink.open("x/backups.ndjson")
+        await out.write(b'{"id":"a"}\n', 1)
+        [record] = await out.commit(complete=True)
+        await sink.close()
+        digests.append(record.sha256)
+    assert digests[0] == digests[1]
+
+
+async def test_incomplete_scope_is_kept_under_a_partial_name(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path, "none")
+    out = sink.open("t/backups.private.no-ep.ndjson")
+    await out.write(b'{"id":"a"}\n', 1)
+    [record] = await out.commit(complete=False)
+    await sink.close()
+    assert record.path.endswith(".ndjson.partial")
+    assert (tmp_path / record.path).read_bytes() == b'{"id":"a"}\n'
+
+
+async def test_complete_empty_scope_gets_an_empty_file_and_failed_empty_scope_none(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path, "none")
+    [record] = await sink.open("t/empty.ndjson").commit(complete=True)
+    assert (tmp_path / record.path).read_bytes() == b""
+    assert await sink.open("t/failed.ndjson").commit(complete=False) == []
+    await sink.close()
+    assert not (tmp_path / "t" / "failed.ndjson").exists()
+
+
+def test_success_marker_only_for_complete_runs(tmp_path: Path) -> None:
+    write_manifest(tmp_path, {"status": "complete"})
+    assert (tmp_path / SUCCESS).exists()
+    clear_success(tmp_path)
+    write_manifest(tmp_path, {"status": "partial"})
+    assert not (tmp_path / SUCCESS).exists()
+    assert (tmp_path / "manifest.json").read_bytes().startswith(b"{")
