@@ -59,7 +59,9 @@ def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 def _on_signal(task: asyncio.Task[Any], sig: signal.Signals) -> None:
-    log.warning("received %s: stopping; complete scopes are kept, the manifest will say 'interrupted'", sig.name)
+    log.warning(
+        "received %s: stopping; complete scopes are kept, the manifest will say 'interrupted'", sig.name
+    )
     task.cancel()
 
 
@@ -75,15 +77,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    sys.stdout.buffer.write(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+    sys.stdout.buffer.write(
+        orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    )
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     tenants = _load(args.config)
-    output = args.output or (str(tenants[0].output.directory) if tenants and tenants[0].output.directory else None)
+    output = args.output or (
+        str(tenants[0].output.directory) if tenants and tenants[0].output.directory else None
+    )
     if output is None:
-        raise UsageError("no output directory: give --output DIR (or '-' for stdout), or output.directory in the config")
+        raise UsageError(
+            "no output directory: give --output DIR (or '-' for stdout), or output.directory in the config"
+        )
     run_id = args.run_id or new_run_id()
     setup_logging(args.log_level, args.log_json, run_id)
     options = RunOptions(
@@ -140,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress lines")
     run.set_defaults(func=cmd_run)
 
-    plan = sub.add_parser("plan", help="list the scopes a run would crawl, with expected backups, requests and time")
+    plan = sub.add_parser(
+        "plan", help="list the scopes a run would crawl, with expected backups, requests and time"
+    )
     plan.add_argument("--config", "-c", nargs="+", required=True)
     plan.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     plan.set_defaults(func=cmd_plan)
@@ -152,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of tenant files (for editors)")
     schema.set_defaults(func=cmd_schema)
 
-    demo = sub.add_parser("demo", help="start the built-in emulator, crawl it with config/demo.yaml, print a summary")
+    demo = sub.add_parser(
+        "demo", help="start the built-in emulator, crawl it with config/demo.yaml, print a summary"
+    )
     demo.add_argument("--output", "-o", default="out/demo", help="output directory (default out/demo)")
     demo.add_argument("--backups", type=int, default=20000, help="backups in the demo estate (default 20000)")
     demo.add_argument("--config", "-c", help="tenant file (default: the packaged config/demo.yaml)")

@@ -147,6 +147,10 @@ class Secret:
         """The secret itself: call only where it is put on the wire."""
         return self._value
 
+    def get_secret_value(self) -> str:
+        """Same as :meth:`reveal`, spelled like pydantic's ``SecretStr``."""
+        return self._value
+
     def __repr__(self) -> str:
         return "Secret('***')"
 
@@ -256,7 +260,6 @@ _INLINE_SECRET_KEYS = {
     "secret_key": "secret_key",
     "sk": "secret_key",
     "secret": "secret_key",
-    "security_token": "secret_key",
 }
 # ListBackups parameters that the crawler sets itself, and where the user controls them instead.
 _CRAWLER_PARAMETERS = {
@@ -272,8 +275,10 @@ _CRAWLER_PARAMETERS = {
 # Small value types
 
 
-def _check_env_name(value: str) -> str:
+def _check_env_name(value: str | None) -> str | None:
     # The value is never echoed: a user who pastes the secret itself here must not see it in a log.
+    if value is None:
+        return None
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
         raise _fail(
             "is not a valid environment variable name",
@@ -282,7 +287,9 @@ def _check_env_name(value: str) -> str:
     return value
 
 
-def _check_secret_file(value: str, info: ValidationInfo) -> str:
+def _check_secret_file(value: str | None, info: ValidationInfo) -> str | None:
+    if value is None:
+        return None
     if not value.strip():
         raise _fail("is empty", "give the path of the file holding the secret")
     path = Path(value).expanduser()
@@ -346,7 +353,7 @@ class _Origin:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=False)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -424,6 +431,10 @@ class TokenAuth(_AuthBase):
         """The token, read now."""
         return self.token_source.resolve(environ)
 
+    def resolve_token(self, environ: Mapping[str, str] | None = None) -> tuple[Secret, str]:
+        """The token and a description of where it came from (for error messages)."""
+        return self.resolve(environ), self.token_source.describe()
+
 
 class PasswordAuth(_AuthBase):
     """IAM user and password: project-scoped tokens per project, a domain-scoped one for EPS."""
@@ -456,6 +467,10 @@ class PasswordAuth(_AuthBase):
     def resolve(self, environ: Mapping[str, str] | None = None) -> Secret:
         """The password, read now."""
         return self.password_source.resolve(environ)
+
+    def resolve_password(self, environ: Mapping[str, str] | None = None) -> tuple[Secret, str]:
+        """The password and a description of where it came from (for error messages)."""
+        return self.resolve(environ), self.password_source.describe()
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,6 +521,12 @@ class AkskAuth(_AuthBase):
     def resolve(self, environ: Mapping[str, str] | None = None) -> AkSk:
         """The key pair, read now."""
         return AkSk(self.access_key_source.resolve(environ), self.secret_key_source.resolve(environ))
+
+    def resolve_keys(self, environ: Mapping[str, str] | None = None) -> tuple[Secret, Secret, str]:
+        """AK, SK and a description of where they came from (for error messages)."""
+        pair = self.resolve(environ)
+        where = f"{self.access_key_source.describe()} and {self.secret_key_source.describe()}"
+        return pair.access_key, pair.secret_key, where
 
 
 TokenSourceAuth = Annotated[Union[PasswordAuth, TokenAuth], Field(discriminator="mode")]  # noqa: UP007
@@ -606,6 +627,16 @@ class ProjectsConfig(_Model):
         if isinstance(data, dict) and data.get("ids") is None and data.get("discover") is None:
             return {**data, "discover": {}}
         return data
+
+    @property
+    def include(self) -> tuple[str, ...]:
+        """Discovery's include globs (empty with explicit ids)."""
+        return self.discover.include if self.discover is not None else ()
+
+    @property
+    def exclude(self) -> tuple[str, ...]:
+        """Discovery's exclude globs (empty with explicit ids)."""
+        return self.discover.exclude if self.discover is not None else ()
 
     @model_validator(mode="after")
     def _one_way(self) -> ProjectsConfig:
@@ -839,7 +870,9 @@ class OutputConfig(_Model):
         return value
 
 
-def _check_endpoint(value: str) -> str:
+def _check_endpoint(value: str | None) -> str | None:
+    if value is None:
+        return None
     try:
         names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
     except ValueError as exc:
@@ -1000,6 +1033,25 @@ class TenantConfig(_Model):
     def source_file(self) -> str | None:
         """The file this tenant was loaded from, if any."""
         return self._origin.file
+
+    @property
+    def source(self) -> str:
+        """The file this tenant was loaded from, or ``<memory>`` for one built in Python."""
+        return self._origin.file or "<memory>"
+
+    def with_endpoints(self, endpoints: Mapping[str, str]) -> TenantConfig:
+        """A copy with some endpoint templates replaced (the demo points a tenant at the emulator).
+
+        The copy is validated like a file would be; :class:`ConfigErrors` if an override is wrong.
+        """
+        data = self.model_dump(mode="python")
+        data["endpoints"] = {**(data.get("endpoints") or {}), **endpoints}
+        try:
+            copy_ = TenantConfig.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigErrors(_convert_errors(exc, data, {}, self.source)) from None
+        copy_._set_origin(self._origin)
+        return copy_
 
     def endpoint(self, service: Literal["iam", "eps", "cbr"], region: str | None = None) -> str:
         """Base URL of ``service`` for ``region``, overrides applied, no trailing slash.

@@ -36,7 +36,9 @@ def demo_scenario(backups: int) -> Scenario:
     estate = EstateSpec(
         seed=7,
         regions=("cn-north-4", "ap-southeast-1"),
-        domains=(DomainSpec("acme", subprojects=2, enterprise_projects=3, backups=backups, empty_projects=1),),
+        domains=(
+            DomainSpec("acme", subprojects=2, enterprise_projects=3, backups=backups, empty_projects=1),
+        ),
     )
     return Scenario(seed=7, estate=estate)
 
@@ -68,11 +70,16 @@ def run_demo(args: argparse.Namespace) -> int:
     outcome, truth = run_async(crawl)
     print_summary(outcome.manifest, outcome.manifest_path)
     mismatched = [
-        s["key"] for s in outcome.manifest["scopes"] if s["status"] == "complete" and truth[s["key"]] != s["records_written"]
+        s["key"]
+        for s in outcome.manifest["scopes"]
+        if s["status"] == "complete" and truth[s["key"]] != s["records_written"]
     ]
     checked = sum(1 for s in outcome.manifest["scopes"] if s["status"] == "complete")
     if mismatched:
-        print(f"  ground truth: {len(mismatched)} scope(s) differ from the emulator: {mismatched[:5]}", file=sys.stderr)
+        print(
+            f"  ground truth: {len(mismatched)} scope(s) differ from the emulator: {mismatched[:5]}",
+            file=sys.stderr,
+        )
         return 1
     print(f"  ground truth: all {checked} complete scopes match the emulator's backups", file=sys.stderr)
     print(f"  files: {output.resolve()}", file=sys.stderr)

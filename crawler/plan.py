@@ -15,6 +15,7 @@ from typing import TextIO
 
 from crawler.client import ApiClient, ApiRequest
 from crawler.config import TenantConfig
+from crawler.engine import TenantPlan
 from crawler.errors import CrawlerError
 from crawler.paging import check_page
 from crawler.ratelimit import LimiterRegistry
@@ -35,27 +36,7 @@ async def run_plan(tenants: Sequence[TenantConfig], out: TextIO | None = None) -
         for plan in plans:
             cfg = next(t for t in tenants if t.name == plan.name)
             semaphore = asyncio.Semaphore(plan.concurrency)
-
-            async def count_of(scope: Scope) -> int | str:
-                request = ApiRequest(
-                    service="cbr",
-                    method="GET",
-                    base_url=plan.cbr_endpoint(scope.region),
-                    path=f"/v3/{scope.project_id}/backups",
-                    query=[*scope.query(), ("limit", "1"), ("offset", "0")],
-                    project_id=scope.project_id,
-                )
-                async with semaphore:
-                    try:
-                        response = await client.send(
-                            request, plan.auth, plan.cbr_limiter(scope.region), check=check_page
-                        )
-                    except CrawlerError as exc:
-                        return f"error: {exc}"
-                count: int = response.data["count"]
-                return count
-
-            counts = await asyncio.gather(*(count_of(s) for s in plan.scopes))
+            counts = await asyncio.gather(*(_count_of(client, plan, s, semaphore) for s in plan.scopes))
             rate = cfg.rate_limit.requests_per_second
             total_backups = 0
             total_requests = 0
@@ -76,3 +57,24 @@ async def run_plan(tenants: Sequence[TenantConfig], out: TextIO | None = None) -
                 file=stream,
             )
     return EXIT_INCOMPLETE if failed else EXIT_OK
+
+
+async def _count_of(
+    client: ApiClient, plan: TenantPlan, scope: Scope, semaphore: asyncio.Semaphore
+) -> int | str:
+    """The API's count for a scope from a one-record first page, or the error as text."""
+    request = ApiRequest(
+        service="cbr",
+        method="GET",
+        base_url=plan.cbr_endpoint(scope.region),
+        path=f"/v3/{scope.project_id}/backups",
+        query=[*scope.query(), ("limit", "1"), ("offset", "0")],
+        project_id=scope.project_id,
+    )
+    async with semaphore:
+        try:
+            response = await client.send(request, plan.auth, plan.cbr_limiter(scope.region), check=check_page)
+        except CrawlerError as exc:
+            return f"error: {exc}"
+    count: int = response.data["count"]
+    return count

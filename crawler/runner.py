@@ -35,7 +35,7 @@ from crawler.auth import (
     TemporaryAkSkAuth,
 )
 from crawler.client import ApiClient, Authenticator
-from crawler.config import TenantConfig, config_digest
+from crawler.config import ConfigError, TenantConfig, config_digest
 from crawler.discovery import discover_enterprise_projects, discover_projects
 from crawler.engine import CredentialRefused, Engine, RunStats, TenantPlan
 from crawler.errors import AuthFailedError, CrawlerError
@@ -101,7 +101,9 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise CrawlerError(f"another run holds the lock on {self.path.parent} (lock file {self.path})") from None
+            raise CrawlerError(
+                f"another run holds the lock on {self.path.parent} (lock file {self.path})"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -200,7 +202,8 @@ class TenantContext:
 
 def build_auth(config: TenantConfig, client: ApiClient, iam: IamEndpoints) -> Authenticator:
     """The tenant's authenticator, with its secrets read now (from env vars or files)."""
-    return _build(config.auth, client, iam)
+    authenticator: Authenticator = _build(config.auth, client, iam)
+    return authenticator
 
 
 def _secret(value: Any) -> str:
@@ -209,14 +212,16 @@ def _secret(value: Any) -> str:
     return text
 
 
-def _build(auth: Any, client: ApiClient, iam: IamEndpoints) -> Any:
+def _build(auth: Any, client: ApiClient, iam: IamEndpoints) -> Any:  # the auth union of crawler.config
     mode = auth.mode
     if mode == "token":
         token, source = auth.resolve_token()
         return StaticTokenAuth(_secret(token), source)
     if mode == "password":
         password, source = auth.resolve_password()
-        return PasswordAuth(client, iam, user=auth.user, domain=auth.domain, password=_secret(password), source=source)
+        return PasswordAuth(
+            client, iam, user=auth.user, domain=auth.domain, password=_secret(password), source=source
+        )
     if mode == "aksk":
         ak, sk, source = auth.resolve_keys()
         return AkSkAuth(AccessKey(_secret(ak), _secret(sk)), source)
@@ -233,7 +238,9 @@ def _build(auth: Any, client: ApiClient, iam: IamEndpoints) -> Any:
                 duration_seconds=auth.duration_seconds,
                 agency=(auth.domain_name, auth.agency_name),
             )
-        return AgencyTokenAuth(client, iam, source_auth, domain_name=auth.domain_name, agency_name=auth.agency_name)
+        return AgencyTokenAuth(
+            client, iam, source_auth, domain_name=auth.domain_name, agency_name=auth.agency_name
+        )
     raise CrawlerError(f"unknown auth mode {mode!r}")
 
 
@@ -253,7 +260,7 @@ async def plan_tenants(
     async def one(cfg: TenantConfig) -> None:
         try:
             ctx = TenantContext(cfg, client, limiters)
-        except CrawlerError as exc:
+        except (CrawlerError, ConfigError) as exc:  # a secret that can't be read fails its tenant only
             failures.append(TenantFailure(cfg.name, "credentials", str(exc)))
             log.error("tenant %s: %s", cfg.name, exc)
             return
@@ -267,8 +274,11 @@ async def plan_tenants(
         except CrawlerError as exc:
             failures.append(
                 TenantFailure(
-                    cfg.name, "discovery", f"tenant {cfg.name}: discovery failed: {exc}",
-                    getattr(exc, "code", None), getattr(exc, "request_id", None),
+                    cfg.name,
+                    "discovery",
+                    f"tenant {cfg.name}: discovery failed: {exc}",
+                    getattr(exc, "code", None),
+                    getattr(exc, "request_id", None),
                 )
             )
             log.error("tenant %s: discovery failed: %s", cfg.name, exc)

@@ -20,7 +20,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 import zstandard
 
@@ -81,9 +81,11 @@ class _FileWriter:
         if compression == "gzip":
             # mtime=0 and no file name in the header: the same records give the same bytes,
             # so a resumed run's files equal an uninterrupted run's.
-            self.stream = gzip.GzipFile(filename="", mode="wb", fileobj=self.hashing, mtime=0)  # type: ignore[arg-type]
+            self.stream = gzip.GzipFile(filename="", mode="wb", fileobj=self.hashing, mtime=0)
         elif compression == "zstd":
-            self.stream = zstandard.ZstdCompressor(level=3).stream_writer(self.hashing, closefd=False)
+            self.stream = zstandard.ZstdCompressor(level=3).stream_writer(
+                cast(IO[bytes], self.hashing), closefd=False
+            )
         else:
             self.stream = self.hashing
 

@@ -58,6 +58,11 @@ def write(directory: Path, name: str, text: str) -> Path:
     return path
 
 
+def password_auth(tenant: TenantConfig) -> PasswordAuth:
+    assert isinstance(tenant.auth, PasswordAuth)
+    return tenant.auth
+
+
 def errors_of(call: Callable[[], Any]) -> list[ConfigError]:
     with pytest.raises(ConfigErrors) as info:
         call()
@@ -262,7 +267,7 @@ def test_secret_pasted_as_env_name_is_not_echoed() -> None:
 
 def test_secret_type_is_masked_everywhere() -> None:
     secret = Secret(SECRET)
-    for text in (repr(secret), str(secret), f"{secret}", f"{secret!r}", "{}".format(secret), repr([secret])):
+    for text in (repr(secret), str(secret), f"{secret}", f"{secret!r}", format(secret, ">5"), repr([secret])):
         assert SECRET not in text
     assert repr(secret) == "Secret('***')"
     assert secret == Secret(SECRET) and secret != Secret("other")
@@ -273,7 +278,7 @@ def test_secret_type_is_masked_everywhere() -> None:
 def test_missing_env_var_names_the_variable_file_and_line(tmp_path: Path) -> None:
     tenant = load_tenant(write(tmp_path, "acme.yaml", BASE))
     with pytest.raises(MissingSecretError) as info:
-        tenant.auth.resolve({})
+        password_auth(tenant).resolve({})
     assert str(info.value) == (
         f"{tmp_path / 'acme.yaml'}:6: auth.password_env: environment variable CBR_PW is not set "
         "(fix: export CBR_PW before running, or use password_file)"
@@ -283,7 +288,7 @@ def test_missing_env_var_names_the_variable_file_and_line(tmp_path: Path) -> Non
 def test_empty_env_var_is_an_error() -> None:
     tenant = parse(BASE)
     with pytest.raises(MissingSecretError, match="environment variable CBR_PW is empty"):
-        tenant.auth.resolve({"CBR_PW": "\n"})
+        password_auth(tenant).resolve({"CBR_PW": "\n"})
 
 
 def test_missing_and_empty_secret_files(tmp_path: Path) -> None:
@@ -343,7 +348,7 @@ def test_secrets_never_appear_in_reprs_or_dumps(tmp_path: Path) -> None:
         "tenant: t\nauth: {mode: password, user: u, domain: d, password_file: pw}\nregions: [cn-north-4]\n",
         base_dir=tmp_path,
     )
-    resolved = tenant.auth.resolve()
+    resolved = password_auth(tenant).resolve()
     assert resolved.reveal() == SECRET
     texts = [repr(tenant), str(tenant), tenant.model_dump_json(), repr(resolved), str(resolved)]
     texts.append(config_digest([tenant]))
@@ -360,8 +365,8 @@ def test_secrets_never_appear_in_reprs_or_dumps(tmp_path: Path) -> None:
         (
             "region: cn-north-4\n",
             "t.yaml:8: region: unknown key 'region' (fix: did you mean 'regions'? allowed keys: tenant, "
-            "auth, endpoints, regions, projects, enterprise_projects, own_types, filters, rate_limit, output, "
-            "timeouts)",
+            "auth, endpoints, regions, projects, enterprise_projects, own_types, filters, rate_limit, "
+            "output, timeouts)",
         ),
         (
             "rate_limit:\n  concurency: 3\n",
@@ -898,13 +903,11 @@ def test_known_regions() -> None:
 
 
 def test_python_construction_without_a_file() -> None:
-    tenant = TenantConfig(
-        tenant="py",
-        auth=TokenAuth(mode="token", token_env="TOK"),
-        regions=("cn-north-4",),
-    )
+    auth = TokenAuth(mode="token", token_env="TOK")
+    tenant = TenantConfig(tenant="py", auth=auth, regions=("cn-north-4",))
+    assert tenant.auth is auth
     with pytest.raises(MissingSecretError) as info:
-        tenant.auth.resolve({})
+        auth.resolve({})
     assert str(info.value) == (
         "auth.token_env: environment variable TOK is not set "
         "(fix: export TOK before running, or use token_file)"
@@ -949,3 +952,51 @@ def test_digest_is_stable_and_order_independent(tmp_path: Path) -> None:
     assert config_digest(load_tenants([tmp_path])) == digest
     write(tmp_path, "a.yaml", BASE + "own_types: [shared]\n")
     assert config_digest(load_tenants([tmp_path])) != digest
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers the runner and the demo use
+
+
+def test_with_endpoints_returns_a_validated_copy(tmp_path: Path) -> None:
+    tenant = load_tenant(write(tmp_path, "acme.yaml", BASE))
+    pointed = tenant.with_endpoints({"iam": "http://127.0.0.1:5000", "eps": "http://127.0.0.1:5000"})
+    assert pointed.endpoint("iam", "cn-north-4") == "http://127.0.0.1:5000"
+    assert pointed.endpoint("eps") == "http://127.0.0.1:5000"
+    assert pointed.endpoint("cbr", "cn-north-4") == "https://cbr.cn-north-4.myhuaweicloud.com"
+    assert tenant.endpoints is None  # the original is untouched
+    assert pointed.source == tenant.source == str(tmp_path / "acme.yaml")
+    with pytest.raises(MissingSecretError, match=r"acme\.yaml:6: auth\.password_env"):
+        password_auth(pointed).resolve({})
+    error = only_error(lambda: tenant.with_endpoints({"cbr": "ftp://x"}))
+    assert (error.key_path, error.problem) == ("endpoints.cbr", "is not an http(s) URL")
+
+
+def test_resolve_helpers_with_source_descriptions(tmp_path: Path) -> None:
+    (tmp_path / "sk").write_text(SECRET + "\n")
+    token = TokenAuth(mode="token", token_env="TOK")
+    value, where = token.resolve_token({"TOK": "t0k"})
+    assert (value.get_secret_value(), where) == ("t0k", "environment variable TOK")
+    password = PasswordAuth(mode="password", user="u", domain="d", password_env="PW", password_file=None)
+    assert password.resolve_password({"PW": "pw"})[1] == "environment variable PW"
+    aksk = AkskAuth(mode="aksk", access_key_env="AK", secret_key_file=str(tmp_path / "sk"))
+    ak, sk, where = aksk.resolve_keys({"AK": "EXAMPLEAKID123456789"})
+    assert (ak.reveal(), sk.reveal()) == ("EXAMPLEAKID123456789", SECRET)
+    assert where == f"environment variable AK and file {tmp_path / 'sk'}"
+    assert SECRET not in where
+
+
+def test_projects_include_exclude_shortcuts() -> None:
+    tenant = parse(BASE + "projects:\n  discover: {include: ['cn-*'], exclude: [MOS]}\n")
+    assert (tenant.projects.include, tenant.projects.exclude) == (("cn-*",), ("MOS",))
+    explicit = parse(BASE + "projects:\n  ids: [0123456789abcdef0123456789abcdef]\n")
+    assert explicit.projects.discover is None and explicit.projects.include == ()
+
+
+def test_explicit_nulls_mean_unset() -> None:
+    tenant = parse(BASE + "endpoints:\n  iam: null\n  cbr: http://h:1\nfilters:\n  status: null\n")
+    assert isinstance(tenant.auth, PasswordAuth)
+    assert tenant.endpoint("iam", "cn-north-4") == "https://iam.cn-north-4.myhuaweicloud.com"
+    assert tenant.endpoint("cbr", "cn-north-4") == "http://h:1"
+    text = BASE.replace("  password_env: CBR_PW\n", "  password_env: CBR_PW\n  password_file: null\n")
+    assert config_digest([parse(text)]) == config_digest([parse(BASE)])

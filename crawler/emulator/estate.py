@@ -40,8 +40,10 @@ from crawler.emulator.query import (
     BACKUP_STATUSES,
     RESOURCE_TYPES,
     Behaviour,
+    Delta,
     ListBackupsQuery,
     QueryCache,
+    patch_by_creation,
     run_list_backups,
 )
 
@@ -259,6 +261,7 @@ _FLAG_ODDS: tuple[tuple[int, int], ...] = (
 _FLAG_ODDS += ((F_REPLICA, 8), (F_REPLICATED_OUT, 6), (F_CHILDREN, 64))
 
 DEFAULT_CACHE_BYTES = 768 * 2**20
+CHURN_LOG_STEPS = 10_000
 MEMBER_STATUS_NAMES = ("pending", "accepted", "rejected")
 CHILD_BASE = 1 << 42
 """Handles at or above this name child backups: ``CHILD_BASE + parent * 4 + k``."""
@@ -340,7 +343,9 @@ class Estate:
         self._k_rec, self._k_name, self._k_time, self._k_res = (keys.getrandbits(64) for _ in range(4))
         self._generation = 0
         self._query_cache = QueryCache()
-        self._view_cache: dict[tuple[int, str], tuple[int, list[int]]] = {}
+        self._view_cache: dict[tuple[int, str], tuple[int, array[int]]] = {}
+        # Churn steps, so cached results in creation order are patched rather than recomputed.
+        self._churn_log: deque[Delta] = deque(maxlen=CHURN_LOG_STEPS)
 
         self._project_list: list[Project] = []
         self._project_ord: dict[str, int] = {}
@@ -791,6 +796,13 @@ class Estate:
         if own_type == "private":
             return self._asc[p]
         cached = self._view_cache.get((p, own_type))
+        if cached is not None and cached[0] != self._generation:
+            deltas = self.changes_since(cached[0])
+            if deltas is not None:
+                patch_by_creation(
+                    cached[1], deltas, lambda b: self._visible(b, p, own_type), self._created.__getitem__
+                )
+                cached = self._view_cache[(p, own_type)] = (self._generation, cached[1])
         if cached is not None and cached[0] == self._generation:
             return cached[1]
         handles = list(self._shared_in[p])
@@ -807,8 +819,19 @@ class Estate:
             if j > k:
                 handles[k : j + 1] = sorted(handles[k : j + 1], key=lambda b: make(K_BACKUP, b))
             k = j + 1
-        self._view_cache[(p, own_type)] = (self._generation, handles)
-        return handles
+        packed = array("I", handles)
+        self._view_cache[(p, own_type)] = (self._generation, packed)
+        return packed
+
+    def in_view(self, project_id: str, own_type: str, handle: int) -> bool:
+        p = self._project_ord.get(project_id)
+        return p is not None and handle < len(self._res) and self._visible(handle, p, own_type)
+
+    def changes_since(self, generation: int) -> Sequence[Delta] | None:
+        first = self._generation - len(self._churn_log)  # generation the oldest logged step started from
+        if generation < first:
+            return None
+        return list(self._churn_log)[generation - first :]
 
     def _visible(self, b: int, p: int, own_type: str) -> bool:
         if self._died[b] != math.inf:
@@ -1024,6 +1047,7 @@ class Estate:
         they land at the front of the default order and shift every later offset by one.
         """
         rng, now = self._churn_rng, time.monotonic()
+        deleted: list[int] = []
         for _ in range(deletes):
             if self._alive == 0:
                 break
@@ -1031,11 +1055,14 @@ class Estate:
             while self._died[b] != math.inf:
                 b = rng.randrange(len(self._res))
             self._delete(b, now)
+            deleted.append(b)
+        first_new = len(self._res)
         holders = [p for p, n in enumerate(self._initial_counts) if n]
         if holders:
             weights = [self._initial_counts[p] for p in holders]
             for p in rng.choices(holders, weights, k=creates):
                 self._create(rng, p, now)
+        self._churn_log.append((range(first_new, len(self._res)), deleted))
         self._generation += 1
 
     def _delete(self, b: int, now: float) -> None:

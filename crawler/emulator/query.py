@@ -35,6 +35,7 @@ Semantics chosen where the reference page is silent (each is a documented decisi
 from __future__ import annotations
 
 import re
+from array import array
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -340,21 +341,48 @@ class BackupSource(Protocol):
     def serialized(self, handle: int, show_replication: bool) -> bytes:
         """The record as JSON bytes, exactly as it appears in the ``backups`` array."""
 
+    def in_view(self, project_id: str, own_type: str, handle: int) -> bool:
+        """Whether the live top-level backup ``handle`` is in the view."""
+
+    def changes_since(self, generation: int) -> Sequence[Delta] | None:
+        """The churn steps since ``generation``, oldest first; ``None`` if no longer remembered."""
+
+
+Delta = tuple[Sequence[int], Sequence[int]]
+"""One churn step: (created handles in creation order, deleted handles); deletions happen first."""
+
+
+def patch_by_creation(
+    handles: array[int], deltas: Sequence[Delta], keep: Callable[[int], bool], created: Callable[[int], int]
+) -> None:
+    """Bring an ascending-creation result up to date in place: drop the deleted, append the created
+    that ``keep`` accepts. Valid because churn only creates backups newer than every existing one."""
+    for new, gone in deltas:
+        for h in gone:
+            at = created(h)
+            i = bisect_left(handles, at, key=created)
+            while i < len(handles) and created(handles[i]) == at:
+                if handles[i] == h:
+                    del handles[i]
+                    break
+                i += 1
+        handles.extend(h for h in new if keep(h))
+
 
 @dataclass
 class QueryCache:
-    """LRU of ordered results of filtered or re-sorted queries, keyed with the source generation."""
+    """LRU of ordered results of filtered or re-sorted queries: key -> (source generation, handles)."""
 
     capacity: int = 64
-    entries: OrderedDict[tuple[Any, ...], list[int]] = field(default_factory=OrderedDict)
+    entries: OrderedDict[tuple[Any, ...], tuple[int, array[int]]] = field(default_factory=OrderedDict)
 
-    def get(self, key: tuple[Any, ...]) -> list[int] | None:
+    def get(self, key: tuple[Any, ...]) -> tuple[int, array[int]] | None:
         found = self.entries.get(key)
         if found is not None:
             self.entries.move_to_end(key)
         return found
 
-    def put(self, key: tuple[Any, ...], value: list[int]) -> None:
+    def put(self, key: tuple[Any, ...], value: tuple[int, array[int]]) -> None:
         self.entries[key] = value
         self.entries.move_to_end(key)
         while len(self.entries) > self.capacity:
@@ -474,9 +502,11 @@ def run_list_backups(
     if by_creation and not preds:
         ordered = _Ordered(base, backwards=spec[0][1])
     else:
-        # Result lists depend on the view and filters only; the generation makes churn invalidate them.
+        # Results in creation order are patched after churn (see patch_by_creation); other orders are
+        # recomputed, which keying them by the generation achieves.
+        patchable = by_creation and query.parent_id is None
         cache_key = (
-            source.generation,
+            None if patchable else source.generation,
             project_id,
             query.own_type,
             query.parent_id,
@@ -484,12 +514,31 @@ def run_list_backups(
             granted_eps if query.enterprise_project_id == ALL_GRANTED_EPS else None,
             *(getattr(query, name) for name in _FILTER_FIELDS),
         )
-        matches = source.query_cache.get(cache_key)
+        keep = preds[0] if len(preds) == 1 else lambda h: all(p(h) for p in preds)
+        entry = source.query_cache.get(cache_key)
+        matches = None
+        if entry is not None:
+            matches = entry[1]
+            if entry[0] != source.generation:
+                deltas = source.changes_since(entry[0])
+                if deltas is None:
+                    matches = None
+                else:
+                    own_type = query.own_type
+                    patch_by_creation(
+                        matches,
+                        deltas,
+                        lambda h: source.in_view(project_id, own_type, h) and keep(h),
+                        get["created_at"],
+                    )
+                    source.query_cache.put(cache_key, (source.generation, matches))
         if matches is None:
-            matches = [h for h in base if all(p(h) for p in preds)] if preds else list(base)
+            found = [h for h in base if keep(h)] if preds else list(base)
             if not by_creation:
-                matches.sort(key=key_fn)
-            source.query_cache.put(cache_key, matches)
+                found.sort(key=key_fn)
+            # An int array is 8 bytes a handle; a list of ints ~36 (the int objects are not shared).
+            matches = array("q", found)
+            source.query_cache.put(cache_key, (source.generation, matches))
         ordered = _Ordered(matches, backwards=by_creation and spec[0][1])
 
     start = 0
