@@ -680,8 +680,10 @@ class EpDiscover(_Model):
         default=(), description="Enterprise project name globs to keep (empty: all)."
     )
     exclude: tuple[Glob, ...] = Field(default=(), description="Enterprise project name globs to drop.")
+    # "all" by default: a disabled enterprise project still holds backups that cost money and
+    # must be audited; skipping it silently would make the inventory incomplete.
     status: Literal["enabled", "all"] = Field(
-        default="enabled", description="Keep only enabled enterprise projects, or all of them."
+        default="all", description="Crawl every enterprise project (all), or only enabled ones."
     )
 
 

@@ -16,8 +16,8 @@ from crawler.emulator.query import (
     Behaviour,
     ListBackupsQuery,
     QueryError,
-    parse_list_backups_query,
     order_key,
+    parse_list_backups_query,
     parse_sort,
 )
 
@@ -203,7 +203,7 @@ def test_sort_parsing() -> None:
 def test_order_key_descending_text_and_nulls() -> None:
     names = ["ab", "abc", "b", "", "a", "数据", "été"]
     stamps: list[int | None] = [None, 5, 3, None, 9, 1, 2]
-    get = {"name": names.__getitem__, "protected_at": stamps.__getitem__}
+    get: dict[str, Callable[[int], Any]] = {"name": names.__getitem__, "protected_at": stamps.__getitem__}
     handles = range(len(names))
     desc = sorted(handles, key=order_key((("name", True),), get))
     assert [names[h] for h in desc] == sorted(names, reverse=True)
