@@ -170,16 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", "-c", help="tenant file (default: the packaged config/demo.yaml)")
     demo.set_defaults(func=cmd_demo)
 
-    emulator = sub.add_parser("emulator", help="serve the CBR/IAM/EPS emulator on loopback", add_help=False)
-    emulator.add_argument("args", nargs=argparse.REMAINDER)
-    emulator.set_defaults(func=cmd_emulator)
+    # Listed for --help only: main() hands `emulator ...` to the emulator's own parser.
+    sub.add_parser("emulator", help="serve the CBR/IAM/EPS emulator on loopback (see: emulator --help)")
     return parser
-
-
-def cmd_emulator(args: argparse.Namespace) -> int:
-    from crawler.emulator.__main__ import main as emulator_main
-
-    return emulator_main(list(args.args))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -198,6 +191,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["emulator"]:
+        # The emulator has its own parser (also `python -m crawler.emulator`); hand it every flag.
+        from crawler.emulator.__main__ import main as emulator_main
+
+        return emulator_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

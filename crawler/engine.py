@@ -138,9 +138,16 @@ class Engine:
 
         scheduler = _TenantScheduler(tenant.scopes, open_scope, max_open=tenant.concurrency)
         state = _TenantState()
-        async with asyncio.TaskGroup() as group:
-            for n in range(tenant.concurrency):
-                group.create_task(self._worker(tenant, scheduler, state), name=f"worker:{tenant.name}:{n}")
+        try:
+            async with asyncio.TaskGroup() as group:
+                for n in range(tenant.concurrency):
+                    group.create_task(self._worker(tenant, scheduler, state), name=f"worker:{tenant.name}:{n}")
+        except asyncio.CancelledError:
+            # Interrupted: scopes still open are dropped whole (their temporary files removed), so
+            # the output holds only complete scopes; the next run fetches the others again.
+            for crawl in list(scheduler.open):
+                await asyncio.shield(crawl.output.discard())
+            raise
 
     async def _worker(self, tenant: TenantPlan, scheduler: _TenantScheduler, state: _TenantState) -> None:
         while (job := await scheduler.next_job()) is not None:

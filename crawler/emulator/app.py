@@ -24,6 +24,9 @@ emulator.scenario      GET  /_emulator/scenario                none (secrets mas
 Unknown project on the CBR route: with a token it is "a token of another project" (the
 ``wrong_project_token_status`` switch: 401 APIGW.0307 or 403 APIGW.0302); with AK/SK the project
 must belong to the key's domain, else 401 APIGW.0301. A disabled project gives 403 APIGW.0310.
+A domain-scoped token on the CBR route counts as a token of another project.
+
+In ``/_emulator/stats`` a connection reset by the ``reset`` fault is counted as status 499.
 """
 
 from __future__ import annotations
@@ -42,8 +45,10 @@ from aiohttp import web
 from crawler.emulator.estate import EnterpriseProject, Estate, Project
 from crawler.emulator.gateway import Gateway, GatewayError, add_request_id_on_prepare, json_response
 from crawler.emulator.identity import Caller, Identity, KeystoneError, Principal, RequestView
-from crawler.emulator.query import Behaviour, QueryError, parse_list_backups_query
+from crawler.emulator.query import ALL_GRANTED_EPS, Behaviour, QueryError, parse_list_backups_query
 from crawler.emulator.scenario import Scenario
+
+MSG_EP_FORBIDDEN = "The IAM user is not authorized to access the API: no permission on enterprise project {ep}."
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +322,11 @@ async def _list_backups(request: web.Request) -> web.StreamResponse:
     caller = state.identity.authenticate(await _view(request), project_id=project_id)
     try:
         query = parse_list_backups_query(request.query, behaviour=state.behaviour)
+        ep = query.enterprise_project_id
+        if caller.granted_eps is not None and ep not in (None, ALL_GRANTED_EPS) and ep not in caller.granted_eps:
+            # An IAM policy that grants some enterprise projects only: naming another one is a
+            # permission failure, not an empty result.
+            raise GatewayError(403, "APIGW.0302", MSG_EP_FORBIDDEN.format(ep=ep))
         # A bad marker (or a rejected limit) is only found against the data.
         body = state.estate.list_backups(
             project_id, query, granted_eps=caller.granted_eps, behaviour=state.behaviour

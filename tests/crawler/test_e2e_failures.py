@@ -1,0 +1,120 @@
+"""What the on-call engineer sees when something goes wrong: a 403 scope, a SIGTERM."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import crawler_env, scope_ids, write_tenant
+
+from crawler.emulator.estate import DomainSpec, EstateSpec
+from crawler.emulator.scenario import FaultsSpec, IdentitySpec, LatencySpec, Scenario, UserSpec
+from crawler.emulator.server import EmulatorThread
+
+
+def test_forbidden_scope_fails_with_gateway_code_and_request_id_others_complete(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
+) -> None:
+    scenario = Scenario(
+        seed=21,
+        estate=EstateSpec(seed=21, regions=("cn-north-4",), domains=(DomainSpec("acme", backups=4000),)),
+        identity=IdentitySpec(
+            users=(
+                UserSpec(name="auditor", domain="acme", password="auditor-pw", enterprise_projects=("0",)),
+            )
+        ),
+    )
+    emu = emulator_factory(scenario)
+    domain = emu.estate.domain_by_name("acme")
+    assert domain is not None
+    other_ep = next(ep.id for ep in emu.estate.enterprise_projects[domain.id] if ep.id != "0")
+    config = write_tenant(
+        tmp_path,
+        emu.url,
+        "acme-audit",
+        "acme",
+        auth={"mode": "password", "user": "auditor", "domain": "acme", "password_env": "AUDITOR_PW"},
+        regions=["cn-north-4"],
+        own_types=["private"],
+        enterprise_projects={"mode": "ids", "ids": ["0", other_ep]},
+    )
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "crawler", "run", "--config", str(config), "--output", str(out)],
+        env=crawler_env(AUDITOR_PW="auditor-pw"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "incomplete"
+    assert not (out / "_SUCCESS").exists()
+    forbidden = [s for s in manifest["scopes"] if s["enterprise_project_id"] == other_ep]
+    allowed = [s for s in manifest["scopes"] if s["enterprise_project_id"] == "0"]
+    assert forbidden and allowed
+    for scope in forbidden:
+        assert scope["status"] == "failed"
+        assert scope["error_code"] == "APIGW.0302"
+        assert scope["request_id"] and len(scope["request_id"]) == 32
+        assert scope["files"] == []
+    for scope in allowed:
+        assert scope["status"] == "complete"
+        truth = emu.call(lambda s=scope: emu.estate.truth_ids(s["project_id"], "private", "0"))
+        assert set(scope_ids(out, scope)) == truth
+    assert "APIGW.0302" in proc.stderr
+
+
+def test_sigterm_stops_cleanly_with_exit_130_and_keeps_complete_scopes(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
+) -> None:
+    scenario = Scenario(
+        seed=4,
+        estate=EstateSpec(seed=4, domains=(DomainSpec("acme", backups=20000, subprojects=3),)),
+        faults=FaultsSpec(latency=(LatencySpec(api="cbr.list_backups", ms=150),)),
+    )
+    emu = emulator_factory(scenario)
+    config = write_tenant(
+        tmp_path, emu.url, "acme-prod", "acme", rate_limit={"requests_per_second": 20, "concurrency": 2}
+    )
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crawler", "run", "--config", str(config), "--output", str(out)],
+        env=crawler_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.rglob("*.ndjson")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the crawl ended before it could be interrupted"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "SIGTERM" in stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert not (out / "_SUCCESS").exists()
+    assert not list(out.rglob("*.part")), "no half-written files left behind"
+    complete = [s for s in manifest["scopes"] if s["status"] == "complete"]
+    assert complete
+    for scope in complete:
+        for file in scope["files"]:
+            data = (out / file["path"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == file["sha256"]
+        truth = emu.call(
+            lambda s=scope: emu.estate.truth_ids(s["project_id"], s["own_type"], s["enterprise_project_id"])
+        )
+        assert set(scope_ids(out, scope)) == truth
