@@ -141,7 +141,9 @@ class Engine:
         try:
             async with asyncio.TaskGroup() as group:
                 for n in range(tenant.concurrency):
-                    group.create_task(self._worker(tenant, scheduler, state), name=f"worker:{tenant.name}:{n}")
+                    group.create_task(
+                        self._worker(tenant, scheduler, state), name=f"worker:{tenant.name}:{n}"
+                    )
         except asyncio.CancelledError:
             # Interrupted: scopes still open are dropped whole (their temporary files removed), so
             # the output holds only complete scopes; the next run fetches the others again.

@@ -48,7 +48,9 @@ from crawler.emulator.identity import Caller, Identity, KeystoneError, Principal
 from crawler.emulator.query import ALL_GRANTED_EPS, Behaviour, QueryError, parse_list_backups_query
 from crawler.emulator.scenario import Scenario
 
-MSG_EP_FORBIDDEN = "The IAM user is not authorized to access the API: no permission on enterprise project {ep}."
+MSG_EP_FORBIDDEN = (
+    "The IAM user is not authorized to access the API: no permission on enterprise project {ep}."
+)
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +325,11 @@ async def _list_backups(request: web.Request) -> web.StreamResponse:
     try:
         query = parse_list_backups_query(request.query, behaviour=state.behaviour)
         ep = query.enterprise_project_id
-        if caller.granted_eps is not None and ep not in (None, ALL_GRANTED_EPS) and ep not in caller.granted_eps:
+        if (
+            caller.granted_eps is not None
+            and ep not in (None, ALL_GRANTED_EPS)
+            and ep not in caller.granted_eps
+        ):
             # An IAM policy that grants some enterprise projects only: naming another one is a
             # permission failure, not an empty result.
             raise GatewayError(403, "APIGW.0302", MSG_EP_FORBIDDEN.format(ep=ep))
