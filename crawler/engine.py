@@ -58,6 +58,7 @@ class TenantPlan:
     concurrency: int
     page_size: int
     layout: str
+    compression: str = "none"
     credential_error: CrawlerError | None = None  # set when discovery already proved it broken
 
 
@@ -131,7 +132,7 @@ class Engine:
             return
 
         def open_scope(scope: Scope) -> ScopeCrawl:
-            output = self.sink.open(scope.relpath(tenant.layout))
+            output = self.sink.open(scope.relpath(tenant.layout), tenant.compression)
             return ScopeCrawl(
                 scope, output, run_id=self.run_id, page_size=tenant.page_size, window=2 * tenant.concurrency
             )

@@ -294,6 +294,7 @@ async def plan_tenants(
                 concurrency=cfg.rate_limit.concurrency,
                 page_size=cfg.rate_limit.page_size,
                 layout=cfg.output.layout,
+                compression=cfg.output.compression,
             )
         )
 
@@ -325,8 +326,7 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
         lock.acquire()
         # A marker left by an earlier run must not vouch for what this run is about to rewrite.
         clear_success(root)
-    compression = tenants[0].output.compression if tenants else "none"
-    sink: Sink = StdoutSink() if to_stdout else FileSink(root or Path("."), compression)
+    sink: Sink = StdoutSink() if to_stdout else FileSink(root or Path("."))
     limiters = LimiterRegistry()
     stats = RunStats()
     engine: Engine | None = None

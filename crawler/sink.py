@@ -124,7 +124,7 @@ class ScopeOutput(Protocol):
 class Sink(Protocol):
     """Opens one output per scope."""
 
-    def open(self, relpath: str) -> ScopeOutput: ...
+    def open(self, relpath: str, compression: str | None = None) -> ScopeOutput: ...
 
     async def close(self) -> None: ...
 
@@ -136,16 +136,17 @@ class FileScopeOutput:
     mistaken for a project without backups; a failed scope that fetched nothing leaves none.
     """
 
-    def __init__(self, sink: FileSink, relpath: str) -> None:
+    def __init__(self, sink: FileSink, relpath: str, compression: str) -> None:
         self._sink = sink
-        self.relpath = relpath + COMPRESSION_SUFFIX[sink.compression]
+        self.compression = compression
+        self.relpath = relpath + COMPRESSION_SUFFIX[compression]
         self._writer: _FileWriter | None = None
         self.records = 0
 
     async def _ensure(self) -> _FileWriter:
         if self._writer is None:
             self._writer = await self._sink.run(
-                _FileWriter, self._sink.root / self.relpath, self._sink.compression
+                _FileWriter, self._sink.root / self.relpath, self.compression
             )
         return self._writer
 
@@ -188,8 +189,12 @@ class FileSink:
     async def run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def open(self, relpath: str) -> FileScopeOutput:
-        return FileScopeOutput(self, relpath)
+    def open(self, relpath: str, compression: str | None = None) -> FileScopeOutput:
+        """An output for one scope; ``compression`` overrides the sink's default (per tenant)."""
+        chosen = compression or self.compression
+        if chosen not in COMPRESSION_SUFFIX:
+            raise ValueError(f"unknown compression {chosen!r}")
+        return FileScopeOutput(self, relpath, chosen)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -221,7 +226,7 @@ class StdoutSink:
     async def write(self, data: bytes) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._stream.write, data)
 
-    def open(self, relpath: str) -> StdoutScopeOutput:
+    def open(self, relpath: str, compression: str | None = None) -> StdoutScopeOutput:
         return StdoutScopeOutput(self)
 
     async def close(self) -> None:
