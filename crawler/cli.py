@@ -211,6 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CrawlerError as exc:
         print(f"cbr-crawler: {exc}", file=sys.stderr)
         return EXIT_INCOMPLETE
+    except OSError as exc:
+        # The manifest or the lock could not be written (full disk, read-only mount...).
+        print(
+            f"cbr-crawler: cannot write {exc.filename or 'the output'}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 

@@ -193,7 +193,13 @@ class Engine:
         else:
             self.stats.pages += 1
             before = crawl.result.records_written
-            await crawl.accept(offset, response)
+            try:
+                await crawl.accept(offset, response)
+            except OSError as exc:
+                # A full disk or a vanished directory fails this scope, not the run: what is
+                # already written stays, and the manifest says what happened.
+                if crawl.error is None:
+                    crawl.error = CrawlerError(f"cannot write the output of {scope.key}: {exc}")
             self.stats.records += crawl.result.records_written - before
 
     async def _conclude(self, crawl: ScopeCrawl) -> None:

@@ -357,7 +357,15 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
     if manifest_path is not None:
         target_root = manifest_path.parent if to_stdout else root
         assert target_root is not None
-        await asyncio.to_thread(write_manifest, target_root, manifest)
+        try:
+            await asyncio.to_thread(write_manifest, target_root, manifest)
+        except OSError as exc:
+            if lock is not None:
+                lock.release()
+            raise CrawlerError(
+                f"cannot write the manifest {manifest_path}: {exc.strerror or exc}; "
+                "files of complete scopes are kept, but no manifest vouches for this run"
+            ) from exc
     if lock is not None:
         lock.release()
     if interrupted:

@@ -141,21 +141,28 @@ class FileScopeOutput:
         self.compression = compression
         self.relpath = relpath + COMPRESSION_SUFFIX[compression]
         self._writer: _FileWriter | None = None
+        self._broken = False
         self.records = 0
 
     async def _ensure(self) -> _FileWriter:
         if self._writer is None:
-            self._writer = await self._sink.run(
-                _FileWriter, self._sink.root / self.relpath, self.compression
-            )
+            self._writer = await self._sink.run(_FileWriter, self._sink.root / self.relpath, self.compression)
         return self._writer
 
     async def write(self, data: bytes, records: int) -> None:
         writer = await self._ensure()
-        await self._sink.run(writer.write, data)
+        try:
+            await self._sink.run(writer.write, data)
+        except OSError:
+            # A failed write may have left half a line on disk: the file can't be trusted any more.
+            self._broken = True
+            raise
         self.records += records
 
     async def commit(self, complete: bool) -> list[FileRecord]:
+        if self._broken:
+            await self.discard()
+            return []
         if not complete and self._writer is None:
             return []  # nothing fetched, nothing to keep
         writer = await self._ensure()

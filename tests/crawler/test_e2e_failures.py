@@ -118,3 +118,47 @@ def test_sigterm_stops_cleanly_with_exit_130_and_keeps_complete_scopes(
             lambda s=scope: emu.estate.truth_ids(s["project_id"], s["own_type"], s["enterprise_project_id"])
         )
         assert set(scope_ids(out, scope)) == truth
+
+
+def test_full_disk_fails_scopes_not_the_run(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
+) -> None:
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        import pytest
+
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr!r}")
+    try:
+        scenario = Scenario(seed=6, estate=EstateSpec(seed=6, domains=(DomainSpec("acme", backups=6000),)))
+        emu = emulator_factory(scenario)
+        config = write_tenant(tmp_path, emu.url, "acme-prod", "acme", own_types=["private"])
+        out = mount_point / "out"
+        proc = subprocess.run(
+            [sys.executable, "-m", "crawler", "run", "--config", str(config), "--output", str(out)],
+            env=crawler_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        assert "No space left on device" in proc.stderr
+        assert not (out / "_SUCCESS").exists()
+        assert not list(out.rglob("*.part"))
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["status"] == "incomplete"
+        statuses = {s["status"] for s in manifest["scopes"]}
+        assert "complete" in statuses and statuses & {"failed", "partial"}
+        for scope in manifest["scopes"]:
+            for file in scope["files"]:
+                data = (out / file["path"]).read_bytes()
+                assert hashlib.sha256(data).hexdigest() == file["sha256"], "what was kept is whole"
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
