@@ -182,6 +182,8 @@ class ApiClient:
                 response = await self._attempt(request, auth, limiter, expect_json)
                 if check is not None:
                     check(response)
+                if limiter is not None:
+                    limiter.on_success()
                 return response
             except AuthFailedError:
                 if reauthenticated or isinstance(auth, NoAuth) or request.service == "iam":
@@ -246,6 +248,7 @@ class ApiClient:
                 kind = RetryableApiError
                 if status == 429 and limiter is not None:
                     limiter.stats.throttled += 1
+                    limiter.on_throttled(message)
             elif status == 401:
                 kind = AuthFailedError
             else:

@@ -1,4 +1,4 @@
-"""Rate limiters keyed by quota owner.
+"""Rate limiters keyed by quota owner, adaptive to the gateway's throttling.
 
 Huawei's API Gateway throttles per user, per source IP and per API. What one credential may spend
 against one service in one region is therefore the unit we limit: the *quota owner*
@@ -9,13 +9,46 @@ limiter, so a retry storm cannot exceed the budget.
 of capacity 1 only admits the next request once the previous one has leaked out. (``AsyncLimiter(rate,
 1)`` would let ``rate`` requests through at once, which is exactly what trips a gateway's per-second
 window on a cold start.)
+
+Adaptation (AIMD): a 429 ``APIGW.0308`` states its policy's limit and window
+(``...limit:200,time:1 minute``); that rate, less a safety margin, becomes the owner's ceiling at
+once. A throttle without a usable statement halves the rate. Each success then adds back a small
+step, never above the configured rate or a stated ceiling.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from aiolimiter import AsyncLimiter
+
+MIN_RATE = 0.2  # requests/s: never slow down to a standstill
+STATED_MARGIN = 0.9  # run at 90% of a limit the gateway stated, to absorb clock and window skew
+
+_STATED = re.compile(r"limit:\s*(\d+)\s*,\s*time:\s*(\d+)\s*(second|minute|hour|day)", re.IGNORECASE)
+_UNIT_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+def stated_rate(message: str) -> float | None:
+    """Requests/s allowed by an ``APIGW.0308`` message, or None when it states no limit."""
+    match = _STATED.search(message)
+    if match is None:
+        return None
+    limit, amount, unit = int(match.group(1)), int(match.group(2)), match.group(3).lower()
+    window = amount * _UNIT_SECONDS[unit]
+    return limit / window if window > 0 and limit > 0 else None
+
+
+def _retune(limiter: AsyncLimiter, rate: float) -> None:
+    """Change a live limiter's pace, keeping its bucket level and its waiters.
+
+    A fresh ``AsyncLimiter`` would start with an empty bucket and let a request through at once,
+    i.e. a burst on every adjustment. aiolimiter derives its leak rate from ``max_rate`` and
+    ``time_period`` only in ``__init__``, so both are set here (pinned to aiolimiter 1.x).
+    """
+    limiter.time_period = 1.0 / rate
+    limiter._rate_per_sec = rate  # capacity 1 per period: the leak rate is the request rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,20 +83,74 @@ class QuotaStats:
 
 @dataclass(slots=True)
 class QuotaLimiter:
-    """A smooth pacer for one quota owner (``rate`` None means unlimited)."""
+    """A smooth, adaptive pacer for one quota owner (``rate`` None means unlimited)."""
 
     owner: QuotaOwner
     rate: float | None
     stats: QuotaStats = field(default_factory=QuotaStats)
+    configured_rate: float | None = None
+    ceiling: float | None = None  # lowest rate a gateway stated, if any
+    lowest_rate: float | None = None
     _limiter: AsyncLimiter | None = None
 
     def __post_init__(self) -> None:
+        self.configured_rate = self.rate
+        self.lowest_rate = self.rate
         if self.rate is not None:
             self._limiter = AsyncLimiter(1, 1.0 / self.rate)
 
     async def acquire(self) -> None:
         if self._limiter is not None:
             await self._limiter.acquire()
+
+    def _set_rate(self, rate: float) -> None:
+        rate = max(MIN_RATE, rate)
+        if self.rate is not None and abs(rate - self.rate) < 1e-9:
+            return
+        self.rate = rate
+        if self.lowest_rate is None or rate < self.lowest_rate:
+            self.lowest_rate = rate
+        if self._limiter is None:
+            self._limiter = AsyncLimiter(1, 1.0 / rate)
+        else:
+            _retune(self._limiter, rate)
+
+    def on_throttled(self, message: str) -> None:
+        """A 429: believe a stated limit at once, else halve the rate (multiplicative decrease)."""
+        stated = stated_rate(message)
+        if stated is not None:
+            target = stated * STATED_MARGIN
+            self.ceiling = target if self.ceiling is None else min(self.ceiling, target)
+            if self.rate is None or target < self.rate:
+                self._set_rate(target)
+            return
+        current = self.rate if self.rate is not None else 50.0
+        self._set_rate(current / 2)
+
+    def on_success(self) -> None:
+        """Additive increase after a throttle, back towards the configured rate or stated ceiling."""
+        if (
+            self.rate is None
+            or self.lowest_rate is None
+            or self.rate == self.lowest_rate == self.configured_rate
+        ):
+            return
+        cap = self.configured_rate if self.configured_rate is not None else self.rate * 2
+        if self.ceiling is not None:
+            cap = min(cap, self.ceiling)
+        if self.rate < cap:
+            step = max(0.05, cap / 100)
+            self._set_rate(min(cap, self.rate + step))
+
+    def report(self) -> dict[str, object]:
+        return {
+            "quota_owner": str(self.owner),
+            "configured_rate_per_second": self.configured_rate,
+            "final_rate_per_second": None if self.rate is None else round(self.rate, 3),
+            "lowest_rate_per_second": None if self.lowest_rate is None else round(self.lowest_rate, 3),
+            "stated_ceiling_per_second": None if self.ceiling is None else round(self.ceiling, 3),
+            **self.stats.as_dict(),
+        }
 
 
 class LimiterRegistry:
@@ -82,8 +169,5 @@ class LimiterRegistry:
         return limiter
 
     def report(self) -> list[dict[str, object]]:
-        """Per quota owner: the rate used and what was spent."""
-        return [
-            {"quota_owner": str(owner), "rate_per_second": lim.rate, **lim.stats.as_dict()}
-            for owner, lim in sorted(self._limiters.items(), key=lambda kv: str(kv[0]))
-        ]
+        """Per quota owner: the rates used and what was spent."""
+        return [lim.report() for _, lim in sorted(self._limiters.items(), key=lambda kv: str(kv[0]))]

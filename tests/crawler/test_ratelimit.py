@@ -1,0 +1,57 @@
+"""Adaptive pacing per quota owner: stated limits believed at once, AIMD otherwise."""
+
+from __future__ import annotations
+
+import pytest
+
+from crawler.ratelimit import STATED_MARGIN, QuotaLimiter, QuotaOwner, stated_rate
+
+OWNER = QuotaOwner("user:u@d", "cbr", "https://cbr.cn-north-4.myhuaweicloud.com")
+STATED = "The throttling threshold has been reached: policy user over ratelimit,limit:{limit},time:{time}"
+
+
+@pytest.mark.parametrize(
+    ("time", "limit", "rate"),
+    [("1 second", 200, 200.0), ("5 second", 50, 10.0), ("1 minute", 600, 10.0), ("5 minute", 300, 1.0)],
+)
+def test_stated_rate_reads_the_gateway_message(time: str, limit: int, rate: float) -> None:
+    assert stated_rate(STATED.format(limit=limit, time=time)) == pytest.approx(rate)
+
+
+def test_stated_rate_is_none_without_a_statement() -> None:
+    assert stated_rate("Too many requests") is None
+
+
+async def test_a_stated_limit_becomes_the_ceiling_at_once() -> None:
+    limiter = QuotaLimiter(OWNER, 50.0)
+    limiter.on_throttled(STATED.format(limit=600, time="1 minute"))
+    assert limiter.rate == pytest.approx(10.0 * STATED_MARGIN)
+    for _ in range(1000):
+        limiter.on_success()
+    assert limiter.rate == pytest.approx(10.0 * STATED_MARGIN), "never above what the gateway stated"
+    report = limiter.report()
+    assert report["configured_rate_per_second"] == 50.0
+    assert report["stated_ceiling_per_second"] == pytest.approx(9.0)
+
+
+async def test_unstated_throttle_halves_then_recovers_additively() -> None:
+    limiter = QuotaLimiter(OWNER, 40.0)
+    limiter.on_throttled("throttled")
+    assert limiter.rate == pytest.approx(20.0)
+    limiter.on_throttled("throttled")
+    assert limiter.rate == pytest.approx(10.0)
+    limiter.on_success()
+    assert 10.0 < (limiter.rate or 0) < 11.0, "recovery is additive, not a jump"
+    for _ in range(10_000):
+        limiter.on_success()
+    assert limiter.rate == pytest.approx(40.0), "back to the configured rate, not beyond"
+    assert limiter.lowest_rate == pytest.approx(10.0)
+
+
+async def test_retuning_keeps_one_bucket_so_there_is_no_burst() -> None:
+    limiter = QuotaLimiter(OWNER, 100.0)
+    inner = limiter._limiter
+    await limiter.acquire()
+    limiter.on_throttled("throttled")
+    assert limiter._limiter is inner
+    assert inner is not None and not inner.has_capacity(), "the request just made still counts"
