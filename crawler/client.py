@@ -104,8 +104,10 @@ class NoAuth:
 class RetryPolicy:
     """Exponential backoff with full jitter, bounded by attempts."""
 
-    max_attempts: int = 6
-    base_delay: float = 0.5
+    # 8 attempts with full jitter ride out a 10% error rate with a chance of a scope failing of
+    # about 1e-8 per request, and a gateway's minute window within the 30 s cap.
+    max_attempts: int = 8
+    base_delay: float = 0.25
     max_delay: float = 30.0
 
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
