@@ -151,8 +151,13 @@ async def _issue_token(request: web.Request) -> web.StreamResponse:
 
 async def _security_token(request: web.Request) -> web.StreamResponse:
     state = _state(request)
+    token = request.headers.get("X-Auth-Token")
+    signed_by = None
+    if token is None and "Authorization" in request.headers:
+        # AK/SK-signed (what the SDK does): the gateway verifies the signature first.
+        signed_by = state.identity.authenticate(await _view(request)).principal
     try:
-        body = state.identity.issue_security_token(await request.read(), request.headers.get("X-Auth-Token"))
+        body = state.identity.issue_security_token(await request.read(), token, signed_by)
     except KeystoneError as exc:
         return _keystone(exc)
     return json_response(201, body)

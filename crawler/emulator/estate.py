@@ -28,7 +28,7 @@ import math
 import random
 import time
 from array import array
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -283,7 +283,7 @@ _FLAG_ODDS: tuple[tuple[int, int], ...] = (
 )
 _FLAG_ODDS += ((F_REPLICA, 8), (F_REPLICATED_OUT, 6), (F_CHILDREN, 64))
 
-DEFAULT_CACHE_BYTES = 768 * 2**20
+DEFAULT_CACHE_BYTES = 64 * 2**20
 CHURN_LOG_STEPS = 10_000
 MEMBER_STATUS_NAMES = ("pending", "accepted", "rejected")
 CHILD_BASE = 1 << 42
@@ -678,7 +678,7 @@ class Estate:
 
     @classmethod
     def generate(cls, spec: EstateSpec, *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Estate:
-        """Generate the estate of ``spec``; ``cache_bytes`` bounds the serialised-record cache."""
+        """Generate the estate of ``spec``; ``cache_bytes`` bounds the cache of served pages."""
         return cls(spec, cache_bytes=cache_bytes)
 
     def __init__(self, spec: EstateSpec, *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
@@ -718,10 +718,12 @@ class Estate:
         self._born = array("d")
         self._died = array("d")
         # Serialised records by handle, bounded: a 1M estate is ~1.6 GB of JSON. Evicted first-in first-out.
-        self._ser: list[bytes | None] = []
+        # Served pages by their exact handles (a record's bytes never change, so no generation is
+        # needed in the key); least recently used first. Writing a page costs a few milliseconds, so
+        # this only spares repeated identical requests (retries, warm benchmarks) that cost.
+        self._pages: OrderedDict[tuple[bool, tuple[int, ...]], bytes] = OrderedDict()
         self._cache_limit = cache_bytes
         self._cache_used = 0
-        self._cache_order: deque[int] = deque()
         self._r_info: dict[int, tuple[str, str, str, int]] = {}
         self._vault_policy: list[str] = []
         self._asc: list[array[int]] = []  # per project: live owned handles, ascending created_at
@@ -901,7 +903,6 @@ class Estate:
         self._flags.frombytes(flags.to_bytes(n, "little"))
         self._born.extend(array("d", [born]) * n)
         self._died.extend(array("d", [math.inf]) * n)
-        self._ser.extend([None] * n)
         self._asc[p] = array("I", range(b0, b0 + n))
 
     def _generate_shares(self, rng: random.Random, p: int, fraction: float) -> None:
@@ -1277,36 +1278,40 @@ class Estate:
         if handle >= CHILD_BASE:
             b, k = divmod(handle - CHILD_BASE, 4)
             return orjson.dumps(self._child_record(b, k, self._record(b, False)))
-        if not show_replication and self._flags[handle] & (F_REPLICA | F_REPLICATED_OUT):
-            return orjson.dumps(self._record(handle, False))
-        cached = self._ser[handle]
-        if cached is None:
-            # orjson's bytes keep its ~8 KB working buffer: a copy makes a cached record cost its length.
-            cached = self._ser[handle] = bytes(memoryview(orjson.dumps(self._record(handle))))
-            self._cache_used += len(cached)
-            self._cache_order.append(handle)
-            while self._cache_used > self._cache_limit and self._cache_order:
-                self._uncache(self._cache_order.popleft())
-        return cached
+        return self._writer.texts((handle,), show_replication)[0].encode()
 
-    def _uncache(self, handle: int) -> None:
-        cached = self._ser[handle]
-        if cached is not None:
-            self._cache_used -= len(cached)
-            self._ser[handle] = None
+    def serialized_page(self, handles: Sequence[int], show_replication: bool = True) -> bytes:
+        key = (show_replication, tuple(handles))
+        page = self._pages.get(key)
+        if page is not None:
+            self._pages.move_to_end(key)
+            return page
+        if handles and handles[0] >= CHILD_BASE:  # the children of one backup (parent_id): rare and short
+            page = b",".join([self.serialized(h, show_replication) for h in handles])
+        else:
+            page = ",".join(self._writer.texts(handles, show_replication)).encode()
+        if len(page) <= self._cache_limit:
+            self._pages[key] = page
+            self._cache_used += len(page)
+            while self._cache_used > self._cache_limit:
+                self._cache_used -= len(self._pages.popitem(last=False)[1])
+        return page
 
-    def prewarm(self) -> int:
-        """Serialise live records ahead of a benchmark, until the cache budget is full; returns how many
-        records are cached. Serving a cached page is a join; an uncached record costs ~10 us."""
-        for asc in self._asc:
-            for b in asc:
-                if self._cache_used + 2048 > self._cache_limit:
+    def prewarm(self, limit: int = 1000) -> int:
+        """Serve the default-order pages (``limit`` records each) of every project ahead of a
+        benchmark, until the page cache is full; returns how many records the cached pages hold."""
+        for project in self._project_list:
+            handles = list(self.view(project.id, "private"))
+            handles.reverse()
+            for start in range(0, len(handles), limit):
+                page = handles[start : start + limit]
+                if self._cache_used + 2048 * len(page) > self._cache_limit:
                     return self._cached_count()
-                self.serialized(b)
+                self.serialized_page(page)
         return self._cached_count()
 
     def _cached_count(self) -> int:
-        return sum(1 for item in self._ser if item is not None)
+        return sum(len(key[1]) for key in self._pages)
 
     # ---- public API --------------------------------------------------------------------------
 
@@ -1359,25 +1364,17 @@ class Estate:
         and view it appears in (``private`` at its owner, ``shared`` at its receiver)."""
         ep_of = self.getters(False)["enterprise_project_id"]
         for project in self._project_list:
-            prefix = b'{"project_id":' + orjson.dumps(project.id) + b',"own_type":'
             for own_type in ("private", "shared"):
-                for b in reversed(self.view(project.id, own_type)):
-                    # The serialisation cache is used but not filled: an export must not pin the estate.
-                    body = self._ser[b] or orjson.dumps(self._record(b))
-                    yield (
-                        b"".join(
-                            (
-                                prefix,
-                                b'"',
-                                own_type.encode(),
-                                b'","enterprise_project_id":',
-                                orjson.dumps(ep_of(b)),
-                            )
+                head = b'{"project_id":' + orjson.dumps(project.id) + b',"own_type":"' + own_type.encode()
+                handles = list(self.view(project.id, own_type))  # a copy: churn may run between lines
+                handles.reverse()
+                for start in range(0, len(handles), 1000):
+                    chunk = handles[start : start + 1000]
+                    for b, text in zip(chunk, self._writer.texts(chunk), strict=True):
+                        ep = orjson.dumps(ep_of(b))
+                        yield b"".join(
+                            (head, b'","enterprise_project_id":', ep, b',"backup":', text.encode(), b"}\n")
                         )
-                        + b',"backup":'
-                        + body
-                        + b"}\n"
-                    )
 
     def existed_throughout(self, t0: float, t1: float) -> dict[tuple[str, str, str], set[str]]:
         """Ids of the backups that existed during all of ``[t0, t1]`` (``time.monotonic()`` instants),
@@ -1430,7 +1427,6 @@ class Estate:
             raise AssertionError("project index out of step with the columns")
         del asc[i]
         self._died[b] = now
-        self._uncache(b)
         self._alive -= 1
         if (share := self._share.get(b)) is not None:
             self._shared_in[share[0]].remove(b)
@@ -1449,7 +1445,6 @@ class Estate:
         self._flags.append(flags)
         self._born.append(now)
         self._died.append(math.inf)
-        self._ser.append(None)
         self._asc[p].append(b)
         self._alive += 1
         receivers = self._receivers[p]

@@ -426,8 +426,13 @@ class Identity:
             raise KeystoneError(401, "The request you have made requires authentication.")
         return token
 
-    def _agency_principal(self, ref: dict[str, Any], subject_token: str | None) -> Principal:
-        caller = self._live_token(subject_token).principal
+    def _agency_principal(
+        self, ref: dict[str, Any], subject_token: str | None, signed_by: Principal | None = None
+    ) -> Principal:
+        if subject_token is None and signed_by is not None:
+            caller = signed_by
+        else:
+            caller = self._live_token(subject_token).principal
         owner_name = ref.get("domain_name")
         owner = (
             self._estate.domain_by_name(owner_name)
@@ -485,8 +490,15 @@ class Identity:
             return None
         raise KeystoneError(400, "The request body is invalid: auth.scope needs a project or a domain.")
 
-    def issue_security_token(self, body: bytes, subject_token: str | None) -> dict[str, Any]:
-        """``POST /v3.0/OS-CREDENTIAL/securitytokens``: a temporary AK/SK (201 body)."""
+    def issue_security_token(
+        self, body: bytes, subject_token: str | None, signed_by: Principal | None = None
+    ) -> dict[str, Any]:
+        """``POST /v3.0/OS-CREDENTIAL/securitytokens``: a temporary AK/SK (201 body).
+
+        The caller is named by ``X-Auth-Token`` (``subject_token``), by ``token.id`` in the body,
+        or, as IAM's reference recommends and the official SDK does, by an AK/SK signature
+        (``signed_by``, already verified by the gateway).
+        """
         identity = _dig(_dig(_parse_json(body), "auth", kind=dict), "identity", kind=dict)
         methods = _dig(identity, "methods", kind=list)
         if methods == ["token"]:
@@ -497,10 +509,13 @@ class Identity:
                 )
             # The official SDK sends the token in the body (token.id), other clients in X-Auth-Token.
             body_token = ref.get("id") if isinstance(ref.get("id"), str) else None
-            principal = self._live_token(subject_token or body_token).principal
+            if subject_token is None and body_token is None and signed_by is not None:
+                principal = signed_by
+            else:
+                principal = self._live_token(subject_token or body_token).principal
         elif methods == ["assume_role"]:
             ref = _dig(identity, "assume_role", kind=dict)
-            principal = self._agency_principal(ref, subject_token)
+            principal = self._agency_principal(ref, subject_token, signed_by)
         else:
             raise KeystoneError(400, 'Invalid identity methods: use ["token"] or ["assume_role"].')
         duration = ref.get("duration_seconds", 900)

@@ -2,7 +2,7 @@
 
 The data lives in :mod:`crawler.emulator.estate`; this module only sees it through the small
 :class:`BackupSource` protocol (views of record handles in creation order, field getters, cached
-serialised records), so the query semantics can be read in one place.
+serialised pages), so the query semantics can be read in one place.
 
 Semantics chosen where the reference page is silent (each is a documented decision, not an accident):
 
@@ -341,6 +341,9 @@ class BackupSource(Protocol):
     def serialized(self, handle: int, show_replication: bool) -> bytes:
         """The record as JSON bytes, exactly as it appears in the ``backups`` array."""
 
+    def serialized_page(self, handles: Sequence[int], show_replication: bool) -> bytes:
+        """The records as comma-separated JSON, the inside of the ``backups`` array."""
+
     def in_view(self, project_id: str, own_type: str, handle: int) -> bool:
         """Whether the live top-level backup ``handle`` is in the view."""
 
@@ -556,7 +559,7 @@ def run_list_backups(
 
     handles = ordered.page(start, limit)
     show = query.show_replication
-    body = [b'{"backups":[', b",".join([source.serialized(h, show) for h in handles]), b'],"count":']
+    body = [b'{"backups":[', source.serialized_page(handles, show), b'],"count":']
     body.append(str(len(ordered)).encode())
     if behaviour.echo_offset_limit:
         body.append(f',"offset":{query.offset},"limit":{limit}'.encode())
