@@ -357,7 +357,9 @@ class TemporaryAkSkAuth:
     """Temporary AK/SK from IAM ``securitytokens``, renewed before they expire.
 
     ``source`` authenticates the securitytokens call: a token (password or static), or an agency
-    (``assume_role`` method), so that account A can sign as account B.
+    (``assume_role`` method), so that account A can sign as account B. ``duration_seconds`` None
+    leaves the lifetime to IAM (900 s); IAM may grant less than asked, so renewal follows the
+    ``expires_at`` of each answer, never the lifetime asked for.
     """
 
     def __init__(
@@ -366,7 +368,7 @@ class TemporaryAkSkAuth:
         iam: IamEndpoints,
         source: StaticTokenAuth | PasswordAuth | AkSkAuth,
         *,
-        duration_seconds: int,
+        duration_seconds: int | None,
         agency: tuple[str, str] | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
@@ -385,18 +387,16 @@ class TemporaryAkSkAuth:
         return f"TemporaryAkSkAuth({self.identity!r})"
 
     async def _fetch(self, _scope: str) -> tuple[AccessKey, dt.datetime]:
+        # An absent duration_seconds is IAM's default; null would be refused as an invalid body.
+        lifetime: dict[str, Any] = {} if self._duration is None else {"duration_seconds": self._duration}
         identity: dict[str, Any]
         if self._agency is not None:
             identity = {
                 "methods": ["assume_role"],
-                "assume_role": {
-                    "domain_name": self._agency[0],
-                    "agency_name": self._agency[1],
-                    "duration_seconds": self._duration,
-                },
+                "assume_role": {"domain_name": self._agency[0], "agency_name": self._agency[1], **lifetime},
             }
         else:
-            identity = {"methods": ["token"], "token": {"duration_seconds": self._duration}}
+            identity = {"methods": ["token"], "token": lifetime}
         body = {"auth": {"identity": identity}}
         if isinstance(self._source, AkSkAuth):
             caller: Any = self._source

@@ -34,7 +34,7 @@ from crawler.auth import (
     StaticTokenAuth,
     TemporaryAkSkAuth,
 )
-from crawler.client import ApiClient, Authenticator
+from crawler.client import ApiClient, ApiRequest, Authenticator
 from crawler.config import ConfigError, TenantConfig, config_digest
 from crawler.discovery import discover_enterprise_projects, discover_projects
 from crawler.engine import CredentialRefused, Engine, RunStats, TenantPlan
@@ -191,6 +191,10 @@ class TenantContext:
             )
             eps = [ep.id for ep in found_eps]
 
+        asked_iam_or_eps = not (cfg.projects.ids and len(regions) == 1) or ep_cfg.mode == "discover"
+        if not asked_iam_or_eps and projects:
+            await self._check_credential(projects[0][0], projects[0][1])
+
         filters = tuple(cfg.filters.to_query())
         return [
             Scope(self.name, region, pid, name, ep, own_type, filters)
@@ -198,6 +202,29 @@ class TenantContext:
             for ep in eps
             for own_type in cfg.own_types
         ]
+
+    async def _check_credential(self, region: str, project_id: str) -> None:
+        """One small ListBackups call before the scopes fan out, when discovery asked nothing.
+
+        Without it a refused credential would be refused once per request in flight: as many
+        errors, and with AK/SK as many signature failures, which lock the key for everyone after
+        five. Only a refused credential (:class:`AuthFailedError`) stops the tenant; any other
+        error is left for the scopes to meet and report.
+        """
+        request = ApiRequest(
+            service="cbr",
+            method="GET",
+            base_url=self.cbr_endpoint(region),
+            path=f"/v3/{project_id}/backups",
+            query=[("limit", "1")],
+            project_id=project_id,
+        )
+        try:
+            await self.client.send(request, self.auth, self.cbr_limiter(region))
+        except AuthFailedError:
+            raise
+        except CrawlerError as exc:
+            log.debug("tenant %s: credential check inconclusive: %s", self.name, exc)
 
 
 def build_auth(config: TenantConfig, client: ApiClient, iam: IamEndpoints) -> Authenticator:
@@ -237,6 +264,12 @@ def _build(auth: Any, client: ApiClient, iam: IamEndpoints) -> Any:  # the auth 
                 source_auth,
                 duration_seconds=auth.duration_seconds,
                 agency=(auth.domain_name, auth.agency_name),
+            )
+        if isinstance(source_auth, AkSkAuth):
+            # IAM issues assume_role tokens only to the bearer of a token, and AK/SK cannot buy one.
+            raise CrawlerError(
+                f"agency {auth.agency_name!r} of account {auth.domain_name!r}: credential 'token' needs a "
+                "password or token source; with an AK/SK source set credential: temporary_aksk"
             )
         return AgencyTokenAuth(
             client, iam, source_auth, domain_name=auth.domain_name, agency_name=auth.agency_name

@@ -4,6 +4,7 @@ agency of another account, and failing clearly with a wrong secret."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,11 @@ def load_manifest(out: Path) -> dict[str, Any]:
     return manifest
 
 
+def truth_ids(emu: EmulatorThread, project_id: str, own_type: str, ep: str | None) -> set[str]:
+    """The emulator's ground truth for one view, read on the emulator's loop (no race with its requests)."""
+    return emu.call(functools.partial(emu.estate.truth_ids, project_id, own_type, ep))
+
+
 def assert_equals_truth(emu: EmulatorThread, out: Path, scopes: list[dict[str, Any]], domain: str) -> None:
     """Every scope complete, holding exactly the emulator's ground truth, all of ``domain``'s projects."""
     assert scopes
@@ -71,9 +77,7 @@ def assert_equals_truth(emu: EmulatorThread, out: Path, scopes: list[dict[str, A
         assert scope["status"] == "complete", scope
         ids = scope_ids(out, scope)
         assert len(ids) == len(set(ids)), f"duplicates in {scope['key']}"
-        truth = emu.call(
-            lambda s=scope: emu.estate.truth_ids(s["project_id"], s["own_type"], s["enterprise_project_id"])
-        )
+        truth = truth_ids(emu, scope["project_id"], scope["own_type"], scope["enterprise_project_id"])
         assert set(ids) == truth, scope["key"]
         crawled_projects.add(scope["project_id"])
     regions = set(emu.estate.spec.regions)
@@ -84,9 +88,7 @@ def assert_equals_truth(emu: EmulatorThread, out: Path, scopes: list[dict[str, A
     }
     assert crawled_projects == expected_projects, "discovery found every project of the account"
     private = sum(len(scope_ids(out, s)) for s in scopes if s["own_type"] == "private")
-    domain_backups = sum(
-        len(emu.call(lambda p=pid: emu.estate.truth_ids(p, "private", None))) for pid in expected_projects
-    )
+    domain_backups = sum(len(truth_ids(emu, pid, "private", None)) for pid in expected_projects)
     assert private == domain_backups > 0
 
 
@@ -249,3 +251,226 @@ def test_agency_crawl_of_account_b_by_a_user_of_account_a_equals_b_ground_truth(
         assert stats.total("iam.securitytokens", 201) == 1
     assert stats.total(status=401) == 0
     assert stats.total(status=403) == 0
+
+
+def test_agency_token_with_an_aksk_source_is_refused_clearly_before_any_request(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
+) -> None:
+    emu = emulator_factory(AGENCY)
+    ak, sk = admin_keys(emu, "acme")
+    write_tenant(
+        tmp_path,
+        emu.url,
+        "globex-via-acme",
+        "globex",
+        auth={
+            "mode": "agency",
+            "source": aksk_auth("acme"),
+            "domain_name": "globex",
+            "agency_name": "inventory",
+        },
+    )
+    write_tenant(tmp_path, emu.url, "acme-prod", "acme", regions=["cn-north-4"], own_types=["private"])
+    out = tmp_path / "out"
+
+    proc = run_cli(
+        "run",
+        "--config",
+        str(tmp_path),
+        "--output",
+        str(out),
+        env=crawler_env(CBR_AK_ACME=ak, CBR_SK_ACME=sk),
+    )
+
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    manifest = load_manifest(out)
+    [failure] = manifest["tenant_failures"]
+    assert failure["tenant"] == "globex-via-acme"
+    assert failure["stage"] == "credentials"
+    assert "temporary_aksk" in failure["error"]
+    assert {s["status"] for s in manifest["scopes"]} == {"complete"}
+    assert {s["tenant"] for s in manifest["scopes"]} == {"acme-prod"}
+    assert sk not in proc.stdout + proc.stderr + (out / "manifest.json").read_text()
+
+
+def test_agency_temporary_aksk_with_an_aksk_source_equals_b_ground_truth(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
+) -> None:
+    emu = emulator_factory(AGENCY)
+    ak, sk = admin_keys(emu, "acme")
+    write_tenant(
+        tmp_path,
+        emu.url,
+        "globex-via-acme",
+        "globex",
+        auth={
+            "mode": "agency",
+            "source": aksk_auth("acme"),
+            "domain_name": "globex",
+            "agency_name": "inventory",
+            "credential": "temporary_aksk",
+        },
+    )
+    out = tmp_path / "out"
+
+    proc = run_cli(
+        "run",
+        "--config",
+        str(tmp_path),
+        "--output",
+        str(out),
+        env=crawler_env(CBR_AK_ACME=ak, CBR_SK_ACME=sk),
+    )
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_equals_truth(emu, out, load_manifest(out)["scopes"], "globex")
+    # A's permanent key signed the securitytokens call; no token was ever asked for.
+    assert emu.stats.total("iam.securitytokens", 201) == 1
+    assert emu.stats.total("iam.tokens") == 0
+    assert sk not in proc.stdout + proc.stderr + (out / "manifest.json").read_text()
+
+
+# -- 4. wrong secrets -----------------------------------------------------------------------------------
+
+
+def refusal(stderr: str, tenant: str) -> str:
+    """The one error logged for ``tenant``'s refused credential (the summary repeats it once, no more)."""
+    lines = [line for line in stderr.splitlines() if f"tenant {tenant}: credential refused" in line]
+    logged = [line for line in lines if " ERROR " in line]
+    summary = [line for line in lines if line.lstrip().startswith("tenant failure:")]
+    assert len(logged) == 1 and len(summary) == 1 and len(lines) == 2, lines
+    return logged[0]
+
+
+def test_wrong_secret_key_gives_one_clear_error_and_the_other_tenant_completes(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
+) -> None:
+    emu = emulator_factory(Scenario(seed=31, estate=TWO_DOMAINS))
+    ak, sk = admin_keys(emu, "acme")
+    wrong = "Wr0ngSecretKey" + sk[14:]
+    write_tenant(tmp_path, emu.url, "acme-prod", "acme", auth=aksk_auth("acme"))
+    write_tenant(tmp_path, emu.url, "globex-prod", "globex")
+    out = tmp_path / "out"
+
+    proc = run_cli(
+        "run",
+        "--config",
+        str(tmp_path),
+        "--output",
+        str(out),
+        env=crawler_env(CBR_AK_ACME=ak, CBR_SK_ACME=wrong),
+    )
+
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    manifest = load_manifest(out)
+    assert manifest["status"] == "incomplete"
+    assert not (out / "_SUCCESS").exists()
+    [failure] = manifest["tenant_failures"]
+    assert failure["tenant"] == "acme-prod"
+    assert failure["error_code"] == "APIGW.0301"
+    assert len(failure["request_id"]) == 32
+    assert "CBR_SK_ACME" in failure["error"], "names the credential source"
+    line = refusal(proc.stderr, "acme-prod")
+    assert "CBR_SK_ACME" in line and "APIGW.0301" in line and failure["request_id"] in line
+    # One signed request was refused; nothing more was spent on the tenant (and the AK is not locked).
+    assert emu.stats.total(status=401) == 1
+    assert {s["tenant"] for s in manifest["scopes"]} == {"globex-prod"}
+    assert_equals_truth(emu, out, manifest["scopes"], "globex")
+    everything = proc.stdout + proc.stderr + (out / "manifest.json").read_text()
+    assert wrong not in everything and sk not in everything
+
+
+def test_wrong_password_of_a_temporary_credential_source_gives_one_clear_error(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
+) -> None:
+    emu = emulator_factory(Scenario(seed=31, estate=TWO_DOMAINS))
+    write_tenant(
+        tmp_path, emu.url, "acme-prod", "acme", auth={"mode": "temporary", "source": password_source("acme")}
+    )
+    write_tenant(
+        tmp_path,
+        emu.url,
+        "globex-prod",
+        "globex",
+        auth={"mode": "temporary", "source": password_source("globex")},
+    )
+    out = tmp_path / "out"
+    wrong = "not-the-Acme-passw0rd"
+
+    proc = run_cli("run", "--config", str(tmp_path), "--output", str(out), env=crawler_env(CBR_PW_ACME=wrong))
+
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    manifest = load_manifest(out)
+    [failure] = manifest["tenant_failures"]
+    assert failure["tenant"] == "acme-prod"
+    assert "CBR_PW_ACME" in failure["error"]
+    assert "temporary" in failure["error"]
+    assert len(failure["request_id"]) == 32
+    line = refusal(proc.stderr, "acme-prod")
+    assert failure["request_id"] in line
+    assert emu.stats.total("iam.securitytokens") == 1, "only globex got keys"
+    assert_equals_truth(emu, out, manifest["scopes"], "globex")
+    assert wrong not in proc.stdout + proc.stderr + (out / "manifest.json").read_text()
+
+
+def test_wrong_secret_key_without_discovery_is_refused_once_not_once_per_request_in_flight(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
+) -> None:
+    """Explicit project ids and no EPS: nothing is discovered, yet the key must not meet 8 parallel
+    refusals (and be locked for everyone after 5)."""
+    emu = emulator_factory(Scenario(seed=31, estate=TWO_DOMAINS))
+    ak, sk = admin_keys(emu, "acme")
+    acme = emu.estate.domain_by_name("acme")
+    assert acme is not None
+    ids = sorted(
+        p.id
+        for p in emu.estate.projects.values()
+        if p.domain_id == acme.id and p.region == "cn-north-4" and p.enabled and p.name != "MOS"
+    )
+    write_tenant(
+        tmp_path,
+        emu.url,
+        "acme-prod",
+        "acme",
+        auth=aksk_auth("acme"),
+        regions=["cn-north-4"],
+        projects={"ids": ids},
+        enterprise_projects={"mode": "none"},
+        rate_limit={"requests_per_second": 200, "concurrency": 8},
+    )
+    out = tmp_path / "out"
+
+    proc = run_cli(
+        "run",
+        "--config",
+        str(tmp_path),
+        "--output",
+        str(out),
+        env=crawler_env(CBR_AK_ACME=ak, CBR_SK_ACME="Wr0ngSecretKey" + sk[14:]),
+    )
+
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    [failure] = load_manifest(out)["tenant_failures"]
+    assert failure["error_code"] == "APIGW.0301"
+    line = refusal(proc.stderr, "acme-prod")
+    assert "verify aksk signature fail" in line and "locked" not in line
+    assert emu.stats.total("cbr.list_backups", 401) < 5, "the key was not locked"
+
+    # With the right key the same tenant file crawls everything (and the probe is not in the output).
+    proc = run_cli(
+        "run",
+        "--config",
+        str(tmp_path),
+        "--output",
+        str(out),
+        env=crawler_env(CBR_AK_ACME=ak, CBR_SK_ACME=sk),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scopes = load_manifest(out)["scopes"]
+    assert {s["project_id"] for s in scopes} == set(ids)
+    for scope in scopes:
+        assert scope["status"] == "complete"
+        assert set(scope_ids(out, scope)) == truth_ids(emu, scope["project_id"], scope["own_type"], None)
