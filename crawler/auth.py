@@ -145,7 +145,34 @@ class StaticTokenAuth:
         return self._token
 
 
-class PasswordAuth:
+class _ScopedTokenAuth:
+    """Tokens fetched from IAM per scope (a project id, or the domain) and sent as X-Auth-Token.
+
+    Subclasses say how a token is obtained (``_fetch``); caching, renewal before expiry, and
+    forgetting a token after a 401 are shared.
+    """
+
+    description: str
+    identity: str
+
+    def __init__(self, clock: Callable[[], dt.datetime]) -> None:
+        self._tokens = _RenewingCache(self._fetch, clock)
+
+    async def _fetch(self, scope: str) -> tuple[str, dt.datetime]:
+        raise NotImplementedError
+
+    async def token_for(self, scope: str) -> str:
+        token: str = await self._tokens.get(scope)
+        return token
+
+    async def authorize(self, request: ApiRequest, headers: dict[str, str]) -> None:
+        headers["X-Auth-Token"] = await self.token_for(_scope_of(request))
+
+    def invalidate(self, request: ApiRequest) -> None:
+        self._tokens.invalidate(_scope_of(request))
+
+
+class PasswordAuth(_ScopedTokenAuth):
     """IAM password tokens: project-scoped per project for CBR, domain-scoped for EPS and IAM."""
 
     def __init__(
@@ -166,7 +193,7 @@ class PasswordAuth:
         self._password = password
         self.description = f"password of IAM user {user!r} in account {domain!r} ({source})"
         self.identity = f"user:{user}@{domain}"
-        self._tokens = _RenewingCache(self._fetch, clock)
+        super().__init__(clock)
 
     def __repr__(self) -> str:
         return f"PasswordAuth({self.identity!r})"
@@ -184,23 +211,18 @@ class PasswordAuth:
                         }
                     },
                 },
-                "scope": {"domain": {"name": self._domain}}
-                if scope == DOMAIN_SCOPE
-                else {"project": {"id": scope}},
+                "scope": _scope_body(scope, self._domain),
             }
         }
         resp = await _post_iam(self._client, self._iam, "/v3/auth/tokens", body, NoAuth())
         return _token_from(resp.headers, resp.data, resp.request_id)
 
-    async def token_for(self, scope: str) -> str:
-        token: str = await self._tokens.get(scope)
-        return token
 
-    async def authorize(self, request: ApiRequest, headers: dict[str, str]) -> None:
-        headers["X-Auth-Token"] = await self.token_for(_scope_of(request))
-
-    def invalidate(self, request: ApiRequest) -> None:
-        self._tokens.invalidate(_scope_of(request))
+def _scope_body(scope: str, domain_name: str) -> dict[str, Any]:
+    """The ``scope`` of a token request: the domain, or one project (CBR is project-level)."""
+    if scope == DOMAIN_SCOPE:
+        return {"domain": {"name": domain_name}}
+    return {"project": {"id": scope}}
 
 
 def _scope_of(request: ApiRequest) -> str:
@@ -222,14 +244,7 @@ def _token_from(headers: Any, data: Any, request_id: str | None) -> tuple[str, d
     return str(token), expires
 
 
-class TokenSource:
-    """What agency and temporary-credential modes need from their source: a token per scope."""
-
-    async def token_for(self, scope: str) -> str:  # pragma: no cover - protocol
-        raise NotImplementedError
-
-
-class AgencyTokenAuth:
+class AgencyTokenAuth(_ScopedTokenAuth):
     """Account A's credential assumes an agency of account B (``assume_role``) for B's tokens."""
 
     def __init__(
@@ -249,7 +264,7 @@ class AgencyTokenAuth:
         self._agency_name = agency_name
         self.description = f"agency {agency_name!r} of account {domain_name!r} via {source.description}"
         self.identity = f"agency:{domain_name}/{agency_name}"
-        self._tokens = _RenewingCache(self._fetch, clock)
+        super().__init__(clock)
 
     def __repr__(self) -> str:
         return f"AgencyTokenAuth({self.identity!r})"
@@ -261,24 +276,12 @@ class AgencyTokenAuth:
                     "methods": ["assume_role"],
                     "assume_role": {"domain_name": self._domain_name, "agency_name": self._agency_name},
                 },
-                "scope": {"domain": {"name": self._domain_name}}
-                if scope == DOMAIN_SCOPE
-                else {"project": {"id": scope}},
+                "scope": _scope_body(scope, self._domain_name),
             }
         }
         source_token = await self._source.token_for(DOMAIN_SCOPE)
         resp = await _post_iam(self._client, self._iam, "/v3/auth/tokens", body, _TokenHeader(source_token))
         return _token_from(resp.headers, resp.data, resp.request_id)
-
-    async def token_for(self, scope: str) -> str:
-        token: str = await self._tokens.get(scope)
-        return token
-
-    async def authorize(self, request: ApiRequest, headers: dict[str, str]) -> None:
-        headers["X-Auth-Token"] = await self.token_for(_scope_of(request))
-
-    def invalidate(self, request: ApiRequest) -> None:
-        self._tokens.invalidate(_scope_of(request))
 
 
 class _TokenHeader:

@@ -104,7 +104,10 @@ def canonical_uri(path: str) -> str:
     """The canonical URI of a wire path: decoded, re-encoded per segment, with a trailing ``/``.
 
     The path is the one sent on the wire (already percent-encoded). Like the SDK it is decoded
-    *before* splitting, so an encoded ``%2F`` inside a segment signs as a literal ``/``.
+    *before* splitting, so an encoded ``%2F`` inside a segment signs as a literal ``/``. Dot segments
+    (``.``, ``..``) are kept, as the SDK keeps them: a signed path must go on the wire unresolved
+    (yarl with ``encoded=True`` sends it as is; ``requests`` resolves them, so the SDK's own calls to
+    such a path cannot verify).
     """
     uri = "/".join(_encode(segment) for segment in unquote(path).split("/"))
     return uri if uri.endswith("/") else uri + "/"
