@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from crawler.client import ApiClient, ApiRequest, Authenticator
-from crawler.errors import AuthFailedError, CrawlerError
+from crawler.errors import ApiError, AuthFailedError, CrawlerError
 from crawler.paging import ScopeCrawl, check_page
 from crawler.ratelimit import QuotaLimiter
 from crawler.scope import Scope, ScopeResult
@@ -160,6 +160,8 @@ class Engine:
             else:
                 await self._fetch(tenant, crawl, offset, state)
             if scheduler.close(crawl):
+                if crawl.needs_reconciliation() and state.credential_error is None:
+                    await self._reconcile(tenant, crawl)
                 await self._conclude(crawl)
                 if state.credential_error is not None:
                     for scope in scheduler.drain():
@@ -201,6 +203,70 @@ class Engine:
                 if crawl.error is None:
                     crawl.error = CrawlerError(f"cannot write the output of {scope.key}: {exc}")
             self.stats.records += crawl.result.records_written - before
+
+    async def _reconcile(self, tenant: TenantPlan, crawl: ScopeCrawl) -> None:
+        """Re-read a drifting scope with a sequential marker pass in a stable order.
+
+        If the marker itself was deleted meanwhile (400), the pass steps back to the previous id
+        of the last page: re-reading a few records is harmless, they are de-duplicated.
+        """
+        scope = crawl.scope
+        log.info(
+            "scope %s drifted during paging (%s): reconciling with a marker pass",
+            scope.key,
+            crawl.result.notes[:2],
+        )
+        limiter = tenant.cbr_limiter(scope.region)
+        added = pages = 0
+        previous_ids: list[str] = []
+        marker: str | None = None
+        while True:
+            request = ApiRequest(
+                service="cbr",
+                method="GET",
+                base_url=tenant.cbr_endpoint(scope.region),
+                path=f"/v3/{scope.project_id}/backups",
+                query=crawl.marker_query(marker),
+                project_id=scope.project_id,
+            )
+            try:
+                response = await self.client.send(request, tenant.auth, limiter, check=check_page)
+            except ApiError as exc:
+                if exc.status == 400 and marker is not None and previous_ids:
+                    marker = previous_ids.pop()  # the marker vanished: step back one record
+                    continue
+                crawl.error = exc
+                break
+            except CrawlerError as exc:
+                crawl.error = exc
+                break
+            pages += 1
+            self.stats.pages += 1
+            try:
+                written = await crawl.accept_extra(response)
+            except OSError as exc:
+                crawl.error = CrawlerError(f"cannot write the output of {scope.key}: {exc}")
+                break
+            added += written
+            self.stats.records += written
+            records = response.data["backups"]
+            if len(records) < crawl.page_size:
+                crawl.result.reconciliation = {
+                    "method": "marker pass, sort created_at:asc,id:asc",
+                    "pages": pages,
+                    "added": added,
+                    "count_at_end": response.data["count"],
+                    "complete": True,
+                }
+                return
+            previous_ids = [r["id"] for r in records[:-1]]
+            marker = records[-1]["id"]
+        crawl.result.reconciliation = {
+            "method": "marker pass",
+            "pages": pages,
+            "added": added,
+            "complete": False,
+        }
 
     async def _conclude(self, crawl: ScopeCrawl) -> None:
         complete = crawl.error is None and crawl.total is not None

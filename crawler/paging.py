@@ -8,6 +8,14 @@ lowest page not yet written: pages are written in offset order, so a slow page h
 Records are de-duplicated by id within the scope (offset paging over a live set repeats records
 when new backups push older ones down). A scope is complete only when the unique ids received
 match ``count``, on the first page and on the last.
+
+Offset paging over a live set also *skips* records: a backup deleted (expired) in front of the
+current offset shifts every later one up by one. When the offset pass shows drift (the count
+changed, a page came back short, records repeated, or the unique ids differ from the count), the
+scope is reconciled with a sequential marker pass in a stable order (``created_at:asc,id:asc``):
+deletions cannot shift a marker, and new backups sort last, so every backup that exists for the
+whole pass is seen. New ids are appended, already-written ones dropped, so the output holds every
+backup that existed for the whole crawl, once, and nothing that never existed.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from crawler.scope import Scope, ScopeResult
 from crawler.sink import ScopeOutput
 
 PROVENANCE_KEY = "_crawl"
+RECONCILE_SORT = "created_at:asc,id:asc"
 
 
 def check_page(response: ApiResponse) -> None:
@@ -179,6 +188,40 @@ class ScopeCrawl:
             lines.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         return b"".join(lines), len(lines)
 
+    # -- reconciliation -----------------------------------------------------------------------
+
+    def needs_reconciliation(self) -> bool:
+        """Did the offset pass see the set move under it?"""
+        if self.error is not None or self.total is None or self.result.reconciliation is not None:
+            return False
+        result = self.result
+        return bool(
+            result.last_count != self.total
+            or len(self._ids) != self.total
+            or result.duplicates
+            or any(note.startswith(("short page", "count changed")) for note in result.notes)
+        )
+
+    def marker_query(self, marker: str | None) -> list[tuple[str, str]]:
+        query = [*self.scope.query(), ("limit", str(self.page_size)), ("sort", RECONCILE_SORT)]
+        if marker is not None:
+            query.append(("marker", marker))
+        return query
+
+    async def accept_extra(self, response: ApiResponse) -> int:
+        """A page of the marker pass: write the ids not written yet; return how many."""
+        records: list[dict[str, Any]] = response.data["backups"]
+        self.result.pages += 1
+        self.result.last_count = response.data["count"]
+        before_dupes = self.result.duplicates
+        data, written = self._encode(records)
+        # Repeats are the point of this pass, not a symptom: don't count them as duplicates.
+        self.result.duplicates = before_dupes
+        if written:
+            await self.output.write(data, written)
+            self.result.records_written += written
+        return written
+
     def _note(self, note: str) -> None:
         if len(self.result.notes) < 20:
             self.result.notes.append(note)
@@ -193,6 +236,9 @@ class ScopeCrawl:
             result.error = str(self.error)
             result.error_code = getattr(self.error, "code", None)
             result.request_id = getattr(self.error, "request_id", None)
+        elif result.reconciliation is not None and result.reconciliation.get("complete"):
+            # The marker pass saw every backup that existed while it ran; all of them are written.
+            result.status = "complete"
         elif result.unique_ids == result.count and result.last_count == result.count:
             result.status = "complete"
         else:

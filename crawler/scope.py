@@ -88,6 +88,8 @@ class ScopeResult:
     started_at: str | None = None
     finished_at: str | None = None
     notes: list[str] = field(default_factory=list)
+    # Set when drift (churn) was detected and the scope re-read with a marker pass.
+    reconciliation: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         s = self.scope
@@ -114,4 +116,5 @@ class ScopeResult:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "notes": self.notes,
+            "reconciliation": self.reconciliation,
         }

@@ -1,0 +1,79 @@
+"""Churn during the crawl: backups created (nightly) and deleted (expiries) while pages are fetched.
+
+The output must hold every backup that existed for the whole crawl, once, and nothing that never
+existed; each drifting scope's manifest entry says how it was reconciled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import run_cli, scope_ids, write_tenant
+
+from crawler.emulator.estate import DomainSpec, EstateSpec
+from crawler.emulator.scenario import ChurnSpec, FaultsSpec, LatencySpec, Scenario
+from crawler.emulator.server import EmulatorThread
+
+
+def _view(sets: dict[tuple[str, str, str], set[str]], project_id: str, own_type: str) -> set[str]:
+    views = ("private", "shared") if own_type == "all_granted" else (own_type,)
+    out: set[str] = set()
+    for (pid, view, _ep), ids in sets.items():
+        if pid == project_id and view in views:
+            out |= ids
+    return out
+
+
+def test_churn_output_holds_every_backup_that_existed_throughout_once(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
+) -> None:
+    scenario = Scenario(
+        seed=41,
+        estate=EstateSpec(
+            seed=41,
+            regions=("cn-north-4",),
+            domains=(DomainSpec("acme", backups=8000, subprojects=1, shared_fraction=0.1),),
+        ),
+        churn=ChurnSpec(creates_per_second=40, deletes_per_second=40, tick_seconds=0.1),
+        faults=FaultsSpec(latency=(LatencySpec(api="cbr.list_backups", ms=20),)),
+    )
+    emu = emulator_factory(scenario)
+    config = write_tenant(
+        tmp_path,
+        emu.url,
+        "acme-prod",
+        "acme",
+        regions=["cn-north-4"],
+        own_types=["private", "all_granted"],
+        enterprise_projects={"mode": "none"},
+        rate_limit={"requests_per_second": 60, "concurrency": 4, "page_size": 50},
+    )
+    out = tmp_path / "out"
+
+    t0 = time.monotonic()
+    proc = run_cli("run", "--config", str(config), "--output", str(out))
+    t1 = time.monotonic()
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    throughout = emu.call(lambda: emu.estate.existed_throughout(t0, t1))
+    ever = emu.call(lambda: emu.estate.existed_throughout(math.inf, -math.inf))
+    reconciled = 0
+    for scope in manifest["scopes"]:
+        ids = scope_ids(out, scope)
+        assert len(ids) == len(set(ids)), f"a backup written twice in {scope['key']}"
+        must = _view(throughout, scope["project_id"], scope["own_type"])
+        may = _view(ever, scope["project_id"], scope["own_type"])
+        missing = must - set(ids)
+        assert not missing, f"{scope['key']}: {len(missing)} backups that existed all along are missing"
+        assert set(ids) <= may, f"{scope['key']}: backups that never existed"
+        if scope["reconciliation"] is not None:
+            reconciled += 1
+            assert scope["reconciliation"]["complete"] is True
+    assert reconciled > 0, "churn at this rate must make some scope drift"
+    assert "reconciling with a marker pass" in proc.stderr
