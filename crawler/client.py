@@ -24,6 +24,7 @@ from crawler.errors import (
     ApiError,
     AuthFailedError,
     BadResponseError,
+    DeadlineExceeded,
     RetryableApiError,
     TransportError,
     is_retryable,
@@ -170,11 +171,13 @@ class ApiClient:
         *,
         expect_json: bool = True,
         check: Callable[[ApiResponse], None] | None = None,
+        deadline: float | None = None,
     ) -> ApiResponse:
         """Send with retries; return the parsed answer or raise a :mod:`crawler.errors` error.
 
         ``check`` validates the parsed answer inside the attempt loop: a :class:`BadResponseError`
         from it (a page with no ``backups`` list, a record with no id) is retried like a 5xx.
+        ``deadline`` (event-loop time) bounds the retries: no retry starts that would begin after it.
         """
         reauthenticated = False
         attempt = 0
@@ -203,6 +206,12 @@ class ApiClient:
                     raise
                 retry_after = exc.retry_after if isinstance(exc, ApiError) else None
                 delay = self.retry.delay(attempt, retry_after, self._rng)
+                if deadline is not None and asyncio.get_running_loop().time() + delay > deadline:
+                    if limiter is not None:
+                        limiter.stats.errors += 1
+                    raise DeadlineExceeded(
+                        f"scope deadline reached after {attempt} attempts; last error: {exc}"
+                    ) from exc
                 if limiter is not None:
                     limiter.stats.retries += 1
                 log.debug("retrying %s %s in %.2fs after: %s", request.method, request.path, delay, exc)

@@ -913,7 +913,7 @@ class Endpoints(_Model):
 
 
 class Timeouts(_Model):
-    """Per-request network timeouts, in seconds."""
+    """Network timeouts per request, and a deadline per scope, in seconds."""
 
     connect: Annotated[float, Strict()] = Field(
         default=10.0, gt=0, le=600, description="TCP+TLS connect timeout."
@@ -923,6 +923,13 @@ class Timeouts(_Model):
         gt=0,
         le=3600,
         description="Time to wait for an answer (a 1000-record page can be slow).",
+    )
+    scope: Annotated[float, Strict()] = Field(
+        default=3600.0,
+        gt=0,
+        le=86400,
+        description="Deadline for one scope, retries included: past it, no further retry starts and "
+        "the scope is reported failed instead of holding the nightly run hostage.",
     )
 
 

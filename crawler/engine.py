@@ -11,11 +11,13 @@ Nothing is ever one task per item: the number of tasks is the sum of the tenants
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from crawler.client import ApiClient, ApiRequest, Authenticator
 from crawler.errors import ApiError, AuthFailedError, CrawlerError
@@ -58,6 +60,7 @@ class TenantPlan:
     concurrency: int
     page_size: int
     layout: str
+    scope_deadline: float = 3600.0  # seconds per scope, retries included
     compression: str = "none"
     credential_error: CrawlerError | None = None  # set when discovery already proved it broken
 
@@ -111,18 +114,48 @@ class _TenantScheduler:
 class Engine:
     """Runs every tenant's scopes and collects one :class:`ScopeResult` per scope."""
 
-    def __init__(self, client: ApiClient, sink: Sink, *, run_id: str, stats: RunStats | None = None) -> None:
+    def __init__(
+        self,
+        client: ApiClient,
+        sink: Sink,
+        *,
+        run_id: str,
+        stats: RunStats | None = None,
+        done: Mapping[str, ScopeResult] | None = None,
+        on_complete: Callable[[ScopeResult], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
+        """``done``: scopes an earlier attempt of this run completed (by key), reported, not fetched.
+        ``on_complete``: awaited for each scope that completes, once its files are committed."""
         self.client = client
         self.sink = sink
         self.run_id = run_id
         self.stats = stats or RunStats()
         self.results: list[ScopeResult] = []
+        self.done: Mapping[str, ScopeResult] = done or {}
+        self._on_complete = on_complete
+        self._checkpoints: set[asyncio.Task[None]] = set()
 
     async def run(self, tenants: list[TenantPlan]) -> list[ScopeResult]:
         self.stats.scopes_total += sum(len(t.scopes) for t in tenants)
-        async with asyncio.TaskGroup() as group:
+        if self.done:
+            # Resumed run: scopes already complete are reported from the checkpoint, not refetched.
             for tenant in tenants:
-                group.create_task(self._run_tenant(tenant), name=f"tenant:{tenant.name}")
+                for scope in tenant.scopes:
+                    if scope.key in self.done:
+                        self.results.append(self.done[scope.key])
+                        self.stats.scopes_done += 1
+            tenants = [
+                dataclasses.replace(t, scopes=[s for s in t.scopes if s.key not in self.done])
+                for t in tenants
+            ]
+        try:
+            async with asyncio.TaskGroup() as group:
+                for tenant in tenants:
+                    group.create_task(self._run_tenant(tenant), name=f"tenant:{tenant.name}")
+        finally:
+            if self._checkpoints:
+                # Even when interrupted: a scope whose file is final gets its checkpoint.
+                await asyncio.shield(asyncio.gather(*self._checkpoints, return_exceptions=True))
         return self.results
 
     async def _run_tenant(self, tenant: TenantPlan) -> None:
@@ -180,7 +213,11 @@ class Engine:
         )
         try:
             response = await self.client.send(
-                request, tenant.auth, tenant.cbr_limiter(scope.region), check=check_page
+                request,
+                tenant.auth,
+                tenant.cbr_limiter(scope.region),
+                check=check_page,
+                deadline=crawl.started + tenant.scope_deadline,
             )
         except AuthFailedError as exc:
             # The credential itself is refused (after one re-authentication): every other scope
@@ -230,7 +267,13 @@ class Engine:
                 project_id=scope.project_id,
             )
             try:
-                response = await self.client.send(request, tenant.auth, limiter, check=check_page)
+                response = await self.client.send(
+                    request,
+                    tenant.auth,
+                    limiter,
+                    check=check_page,
+                    deadline=crawl.started + tenant.scope_deadline,
+                )
             except ApiError as exc:
                 if exc.status == 400 and marker is not None and previous_ids:
                     marker = previous_ids.pop()  # the marker vanished: step back one record
@@ -291,6 +334,12 @@ class Engine:
 
     def _finish(self, result: ScopeResult, quiet: bool = False) -> None:
         self.results.append(result)
+        if result.status == "complete" and self._on_complete is not None:
+            # _finish runs after the scope's output is committed (renamed), so the checkpoint
+            # written by the hook never runs ahead of the data it vouches for.
+            task = asyncio.get_running_loop().create_task(self._on_complete(result))
+            self._checkpoints.add(task)
+            task.add_done_callback(self._checkpoints.discard)
         self.stats.scopes_done += 1
         if result.status == "complete":
             log.info(

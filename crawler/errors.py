@@ -11,6 +11,7 @@
     │   └── AuthFailedError           401 after re-authentication, IAM refusals
     ├── TransportError                no answer: connection refused/reset, timeout (retryable)
     ├── BadResponseError              an answer that is not what the API promises (retryable)
+    ├── DeadlineExceeded              a scope's deadline passed while retrying
     └── ScopeIncomplete               a scope ended with fewer unique ids than the API's count
 
 Lower-level exceptions (aiohttp, orjson, OSError) are mapped at one boundary, `crawler.client`,
@@ -91,6 +92,10 @@ class BadResponseError(CrawlerError):
         super().__init__(f"{message}{rid}")
 
 
+class DeadlineExceeded(CrawlerError):
+    """A scope's deadline passed while its requests were being retried; not retryable."""
+
+
 class ScopeIncomplete(CrawlerError):
     """A scope's unique ids never matched the API's count."""
 
@@ -107,6 +112,7 @@ __all__ = [
     "ConfigError",
     "ConfigErrors",
     "CrawlerError",
+    "DeadlineExceeded",
     "RetryableApiError",
     "ScopeIncomplete",
     "SecretError",

@@ -79,6 +79,7 @@ class ScopeCrawl:
         self.page_size = page_size
         self.window = max(1, window)
         self.result = ScopeResult(scope, started_at=utc_now_iso())
+        self.started = asyncio.get_running_loop().time()  # the scope's deadline counts from here
         self._provenance: dict[str, Any] = {
             "tenant": scope.tenant,
             "region": scope.region,

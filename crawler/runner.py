@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import fcntl
 import logging
 import os
 import secrets
+import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from crawler.manifest import clear_success, write_manifest
 from crawler.ratelimit import LimiterRegistry, QuotaOwner
 from crawler.scope import Scope, ScopeResult
 from crawler.sink import FileSink, Sink, StdoutSink
+from crawler.state import ResumeMode, RunState, StateError, decide, remove_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,10 @@ class RunOptions:
     run_id: str = field(default_factory=new_run_id)
     progress_interval: float = 10.0
     manifest_path: Path | None = None  # where the manifest goes with --output -
+    # auto: resume an unfinished run of the same config, else start one; resume: the same, but
+    # say so loudly when there is nothing to resume; fresh: always start a new run.
+    resume: ResumeMode = "auto"
+    run_id_given: bool = False  # --run-id was given: a recorded run under another id is not resumed
 
 
 @dataclass(slots=True)
@@ -328,6 +335,7 @@ async def plan_tenants(
                 page_size=cfg.rate_limit.page_size,
                 layout=cfg.output.layout,
                 compression=cfg.output.compression,
+                scope_deadline=cfg.timeouts.scope,
             )
         )
 
@@ -366,11 +374,27 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
     failures: list[TenantFailure] = []
     interrupted = False
     progress: asyncio.Task[None] | None = None
+    state: RunState | None = None
+    attempt = 1
     try:
+        done: dict[str, ScopeResult] = {}
+        if root is not None:
+            state, done = await open_run_state(root, tenants, options, started)
+            if state is not None and state.run is not None:
+                started, attempt = state.run.started_at, state.run.attempts
+        elif options.resume == "resume":
+            log.warning("--resume needs an output directory: with --output - every run starts afresh")
         async with make_session(tenants) as session:
             client = ApiClient(session)
             plans, failures = await plan_tenants(tenants, client, limiters)
-            engine = Engine(client, sink, run_id=options.run_id, stats=stats)
+            engine = Engine(
+                client,
+                sink,
+                run_id=options.run_id,
+                stats=stats,
+                done=done,
+                on_complete=_checkpointer(state) if state is not None else None,
+            )
             progress = asyncio.create_task(_progress(stats, options.progress_interval))
             await engine.run(plans)
     except asyncio.CancelledError:
@@ -386,19 +410,44 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
     manifest = build_manifest(
         options, tenants, results, failures, limiters, started, time.monotonic() - t0, interrupted
     )
+    manifest["resume"] = {
+        "attempt": attempt,
+        "scopes_from_checkpoint": len(engine.done) if engine is not None else 0,
+    }
     manifest_path = options.manifest_path if to_stdout else (root / "manifest.json" if root else None)
     if manifest_path is not None:
         target_root = manifest_path.parent if to_stdout else root
         assert target_root is not None
         try:
-            await asyncio.to_thread(write_manifest, target_root, manifest)
+            try:
+                await asyncio.to_thread(write_manifest, target_root, manifest)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC or state is None or interrupted:
+                    raise
+                # The disk is full. A run that reached its end needs its manifest, not its
+                # checkpoint (the next run would start afresh anyway): free the state's space.
+                log.warning("disk full: deleting the run state to make room for the manifest")
+                await state.discard()
+                state = None
+                await asyncio.to_thread(write_manifest, target_root, manifest)
         except OSError as exc:
+            if state is not None:
+                await state.close()
             if lock is not None:
                 lock.release()
             raise CrawlerError(
                 f"cannot write the manifest {manifest_path}: {exc.strerror or exc}; "
                 "files of complete scopes are kept, but no manifest vouches for this run"
             ) from exc
+    if state is not None:
+        try:
+            if not interrupted:
+                # The manifest is on disk: this run is over, and the next one starts afresh.
+                await state.finish(manifest["status"])
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("could not mark the run state finished (%s): the next run will resume this one", exc)
+        finally:
+            await state.close()
     if lock is not None:
         lock.release()
     if interrupted:
@@ -408,6 +457,68 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
     else:
         code = EXIT_INCOMPLETE
     return RunOutcome(code, manifest, manifest_path)
+
+
+async def open_run_state(
+    root: Path, tenants: Sequence[TenantConfig], options: RunOptions, started: str
+) -> tuple[RunState | None, dict[str, ScopeResult]]:
+    """Clean up after a killed run, then resume it or begin a new run (see :mod:`crawler.state`).
+
+    Returns the state (None if it cannot be used: the run goes on, but could not be resumed) and
+    the scopes already complete, by key. On resume ``options.run_id`` becomes the recorded run id,
+    so that every record of the run carries one id. Call with the run lock held.
+    """
+    removed = await asyncio.to_thread(remove_leftovers, root)
+    if removed:
+        log.info("removed %d unfinished file(s) left by an interrupted run", len(removed))
+    try:
+        state, note = await RunState.open(root)
+    except (OSError, sqlite3.Error, StateError) as exc:
+        log.warning("cannot use the run state in %s (%s): this run could not be resumed", root, exc)
+        return None, {}
+    if note is not None:
+        log.warning("%s", note)
+    digest = config_digest(list(tenants))
+    decision = decide(state.run, digest, options.resume, options.run_id if options.run_id_given else None)
+    if decision.resume:
+        run = await state.resume()
+        options.run_id = run.run_id
+        _relabel_logs(run.run_id)
+        done = await state.completed_scopes()
+        log.info(
+            "resuming run %s (%s): %d scope(s) already complete are kept, not fetched again",
+            run.run_id,
+            decision.reason,
+            len(done),
+        )
+        return state, done
+    if options.resume == "resume":
+        log.warning(
+            "--resume: nothing to resume (%s); starting a new run %s", decision.reason, options.run_id
+        )
+    else:
+        log.info("starting run %s (%s)", options.run_id, decision.reason)
+    await state.begin(options.run_id, digest, started)
+    return state, {}
+
+
+def _checkpointer(state: RunState) -> Callable[[ScopeResult], Coroutine[Any, Any, None]]:
+    async def checkpoint(result: ScopeResult) -> None:
+        try:
+            await state.record(result)
+        except (OSError, sqlite3.Error) as exc:
+            # The scope's file is fine; only its checkpoint is missing, so a resumed run would
+            # fetch it again. Not worth failing the run for.
+            log.warning("could not checkpoint scope %s (%s)", result.scope.key, exc)
+
+    return checkpoint
+
+
+def _relabel_logs(run_id: str) -> None:
+    # JSON log lines carry the run id chosen at start-up; a resumed run takes the recorded one.
+    for handler in logging.getLogger().handlers:
+        if handler.formatter is not None and hasattr(handler.formatter, "run_id"):
+            handler.formatter.run_id = run_id
 
 
 def build_manifest(

@@ -162,3 +162,46 @@ def test_full_disk_fails_scopes_not_the_run(
                 assert hashlib.sha256(data).hexdigest() == file["sha256"], "what was kept is whole"
     finally:
         subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_persistent_5xx_fails_the_scope_at_its_deadline_with_the_request_id(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
+) -> None:
+    from crawler.emulator.scenario import FaultSpec
+
+    scenario = Scenario(
+        seed=12,
+        estate=EstateSpec(
+            seed=12, regions=("cn-north-4",), domains=(DomainSpec("acme", backups=500, subprojects=0),)
+        ),
+        faults=FaultsSpec(
+            faults=(FaultSpec(kind="status", status=503, probability=1.0, api="cbr.list_backups"),)
+        ),
+    )
+    emu = emulator_factory(scenario)
+    config = write_tenant(
+        tmp_path,
+        emu.url,
+        "acme-prod",
+        "acme",
+        regions=["cn-north-4"],
+        own_types=["private"],
+        enterprise_projects={"mode": "none"},
+        timeouts={"scope": 2.0},
+    )
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "crawler", "run", "--config", str(config), "--output", str(out)],
+        env=crawler_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    [scope] = manifest["scopes"]
+    assert scope["status"] == "failed"
+    assert "deadline" in scope["error"]
+    assert "503" in scope["error"] and "request id" in scope["error"]
+    assert "Traceback" not in proc.stderr
