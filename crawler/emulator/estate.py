@@ -1,7 +1,8 @@
 """The emulator's seeded estate: domains, projects, enterprise projects, vaults, backups and shares.
 
-Same :class:`EstateSpec` -> byte-identical data. One million backups must be generated in a few
-seconds and served at hundreds of 1000-record pages per second, so the estate is columnar:
+Same :class:`EstateSpec` -> byte-identical data. Millions of backups must be generated in seconds,
+held in little memory (~22 bytes a backup) and served without the emulator being a crawler
+benchmark's bottleneck, so the estate is columnar:
 
 - Backups are numbered (the *handle*). Only what filters and the default order need is stored, in
   ``array`` columns: resource, creation time (microseconds), status and a flag byte. Everything else
@@ -12,13 +13,17 @@ seconds and served at hundreds of 1000-record pages per second, so the estate is
 - Ids are an invertible encoding of (kind, number) dressed as a version-4 UUID, so an id from a
   ``marker`` or ``parent_id`` parameter is mapped back to its handle without any lookup table.
 - Each project keeps the handles it owns in ascending creation order (creation times are unique in
-  a project). The default ``created_at desc`` page is a slice of that array read backwards, and the
-  serialised record (orjson bytes) is cached per handle, so a page is a ``b",".join``.
+  a project). The default ``created_at desc`` page is a slice of that array read backwards.
+- Records are served by :class:`_RecordWriter`, which fills one ``%`` template per record straight
+  from the columns (no dict, no per-record orjson call). :meth:`Estate._record` builds the same
+  record as a dict: it is the readable definition, used by :meth:`Estate.truth`, and the tests check
+  that the writer's bytes equal ``orjson.dumps`` of it. There is no per-record cache; a small LRU of
+  whole pages (``cache_bytes``) only spares repeated identical requests.
 
 Churn appends new handles (newest ``created_at``, so they land at the front of the default order and
 shift every offset) and deletes handles anywhere; it bumps :attr:`Estate.generation`, which every
-derived cache is keyed on. Each backup records the ``time.monotonic()`` instants of its creation and
-deletion, so :meth:`Estate.existed_throughout` can say which backups a crawl had to find.
+derived cache is keyed on. Churn records the ``time.monotonic()`` instants of the creations and
+deletions it makes, so :meth:`Estate.existed_throughout` can say which backups a crawl had to find.
 """
 
 from __future__ import annotations
@@ -357,7 +362,15 @@ def _json(value: Any) -> str:
 
 # Every string a writer puts between quotes without escaping: generated names and fixed words. Checked
 # once here so that the template writer below can never emit JSON that orjson would have escaped.
-for _text in (*_MANUAL_NAMES, *_NON_ASCII_NAMES, *BACKUP_STATUSES, *RESOURCE_TYPES, *_PROVIDERS):
+for _text in (
+    *_MANUAL_NAMES,
+    *_NON_ASCII_NAMES,
+    *_RESOURCE_WORDS,
+    *_NON_ASCII_RESOURCES,
+    *BACKUP_STATUSES,
+    *RESOURCE_TYPES,
+    *_PROVIDERS,
+):
     if _json(_text) != f'"{_text}"':
         raise AssertionError(f"{_text!r} needs JSON escaping")
 
@@ -376,6 +389,14 @@ _CHILD = (
     '"contain_system_disk":null,"encrypted":%s,"system_disk":%s,%s,"enterprise_project_id":%s,'
     '"children":[],"incremental":%s,"version":2}'
 )
+_FLAT_RECORD = (
+    '{"id":"%s","checkpoint_id":"%s","name":"%s","description":%s,%s"image_type":"%s","status":"%s",'
+    '"created_at":"%s","updated_at":"%s%s","expired_at":%s,"protected_at":%s,"parent_id":null,'
+    '"provider_id":"%s","extend_info":{"auto_trigger":%s,"bootable":%s,"snapshot_id":%s,"support_lld":%s,'
+    '"supported_restore_mode":%s,"os_images_data":%s,"contain_system_disk":%s,"encrypted":%s,'
+    '"system_disk":%s,"is_multi_az":%s,"architecture":"%s","progress":%d%s,"enterprise_project_id":%s,'
+    '"children":[],"incremental":%s,"version":2%s%s}'
+)
 _HEAD = '"checkpoint_id":"%s","name":"%s","description":%s,'
 _MIDDLE = (
     '"image_type":"%s","status":"%s","created_at":"%s","updated_at":"%s%s","expired_at":%s,"protected_at":%s,'
@@ -387,6 +408,11 @@ _REPLICATION = (
     '"destination_vault_id":"%s","source_backup_id":"%s","source_checkpoint_id":"%s","source_project_id":%s,'
     '"source_region":%s,"status":"%s","vault_id":"%s","extra_info":{"progress":%d,"fail_code":%s,'
     '"fail_reason":%s,"auto_trigger":%s,"destination_vault_id":"%s"}}]'
+)
+_RESOURCE_SEGMENT = '%s"resource_id":"%s","resource_name":"%s",%s,"resource_type":"%s","resource_size":%d,'
+_DISK_SEGMENT = (
+    '%s"resource_id":"%s","resource_name":"%s-disk%d",%s,"resource_type":"OS::Cinder::Volume",'
+    '"resource_size":%d,'
 )
 _FAIL = ('"BackupService.6100"', '"destination vault capacity is insufficient"')
 
@@ -418,33 +444,51 @@ class _RecordWriter:
         self._resources: dict[int, str] = {}  # r -> '"project_id":...,"resource_size":N,'
         self._disks: dict[int, tuple[str, str, str]] = {}  # r -> the same segment for child disk k
         self._places: dict[int, tuple[str, str, str, str]] = {}  # p -> project, region, remote ones (JSON)
-        self._vault_json = [_json(v.id) for v in estate._vault_list]  # grown lazily (vaults never change)
+        self._vault_json = [_json(v.id) for v in estate._vault_list]  # vaults never change
+        self._vault_owner: dict[int, str] = {}
+        self._az_json: dict[str, str] = {}
+        self._resource_id = ids.maker(K_RESOURCE)
         self._ep_json: dict[str, str] = {}
         self._descriptions = tuple("null" if d is None else _json(d) for d in _DESCRIPTIONS)
+
+    def _owner(self, r: int) -> tuple[str, str, str]:
+        """(``"project_id":..,"vault_id":..,`` of its vault, its name, ``"resource_az":"..."``)."""
+        e = self._estate
+        v = e._r_vault[r]
+        owner = self._vault_owner.get(v)
+        if owner is None:
+            project, vault = e._project_list[e._r_proj[r]], e._vault_list[v]
+            owner = self._vault_owner[v] = f'"project_id":{_json(project.id)},"vault_id":{_json(vault.id)},'
+        az = e._resource_az(r)
+        az_text = self._az_json.get(az)
+        if az_text is None:
+            az_text = self._az_json[az] = f'"resource_az":{_json(az)}'
+        return owner, e._resource_name(r), az_text
 
     def _resource(self, r: int) -> str:
         if len(self._resources) >= self.CACHE_ENTRIES:
             self._resources.clear()
         e = self._estate
-        project, vault = e._project_list[e._r_proj[r]], e._vault_list[e._r_vault[r]]
-        resource_id, name, az, size = e._resource_info(r)
-        segment = self._resources[r] = (
-            f'"project_id":{_json(project.id)},"vault_id":{_json(vault.id)},"resource_id":"{resource_id}",'
-            f'"resource_name":{_json(name)},"resource_az":{_json(az)},'
-            f'"resource_type":"{RESOURCE_TYPES[e._r_type[r]]}","resource_size":{size},'
+        owner, name, az_text = self._owner(r)
+        rtype = e._r_type[r]
+        sizes = _SIZES[rtype]
+        # Resource names come from fixed, JSON-safe patterns (checked at import): no escaping needed.
+        segment = self._resources[r] = _RESOURCE_SEGMENT % (
+            owner,
+            self._resource_id(r),
+            name,
+            az_text,
+            RESOURCE_TYPES[rtype],
+            sizes[(_mix(r ^ e._k_res) >> 40) % len(sizes)],
         )
         return segment
 
     def _disk_segments(self, r: int) -> tuple[str, str, str]:
         if len(self._disks) >= self.CACHE_ENTRIES:
             self._disks.clear()
-        e = self._estate
-        project, vault = e._project_list[e._r_proj[r]], e._vault_list[e._r_vault[r]]
-        _, name, az, _ = e._resource_info(r)
+        owner, name, az_text = self._owner(r)
         made = [
-            f'"project_id":{_json(project.id)},"vault_id":{_json(vault.id)},"resource_id":"{self._disk(r * 4 + k)}",'
-            f'"resource_name":{_json(f"{name}-disk{k}")},"resource_az":{_json(az)},'
-            f'"resource_type":"OS::Cinder::Volume","resource_size":{40 if k == 0 else 100 * k},'
+            _DISK_SEGMENT % (owner, self._disk(r * 4 + k), name, k, az_text, 40 if k == 0 else 100 * k)
             for k in range(3)
         ]
         segments = self._disks[r] = (made[0], made[1], made[2])
@@ -485,7 +529,8 @@ class _RecordWriter:
             self._snapshot,
             self._image,
         )
-        resources, disks, ep_json, vault_json = self._resources, self._disks, self._ep_json, self._vault_json
+        make_child, make_child_snapshot = self._child, self._child_snapshot
+        resources, disks, ep_json = self._resources, self._disks, self._ep_json
         descriptions, hms, day_prefixes = self._descriptions, _HMS or _hms_table(), _DAY_PREFIX
         jbool, arches, restore_modes, app_consistency = (
             _JSON_BOOL,
@@ -508,7 +553,7 @@ class _RecordWriter:
             if flags & F_NON_ASCII:
                 name = non_ascii_names[hn % len(non_ascii_names)].format((hn >> 8) % 1000)
             elif flags & F_AUTO:
-                name = "autobk_%04x" % (hn & 0xFFFF)  # noqa: UP031
+                name = "autobk_%04x" % (hn & 0xFFFF)
             else:
                 name = manual_names[hn % len(manual_names)].format((hn >> 8) & 0xFFFF)
 
@@ -534,26 +579,18 @@ class _RecordWriter:
                 protected_text = '"' + _ts(protected, False) + suffix + '"'
             updated = protected + (2 + ((ht >> 30) & 0x3FF)) * _SECOND + ((ht >> 40) & 0xFFFFF) % _SECOND
 
-            head = _HEAD % (make_checkpoint(b), name, descriptions[h & 7])
-            middle = _MIDDLE % (
-                "replication" if flags & F_REPLICA else "backup",
-                statuses[status],
-                created_text,
-                _ts(updated, False),
-                suffix,
-                expired_text,
-                protected_text,
-            )
+            checkpoint_id = make_checkpoint(b)
+            description = descriptions[h & 7]
+            image_type = "replication" if flags & F_REPLICA else "backup"
+            updated_text = _ts(updated, False)
             segment = resources.get(r) or self._resource(r)
             auto = jbool[flags & F_AUTO]
             lld = jbool[(h >> 9) & 1]
             encrypted = jbool[(h >> 12) & 1] if (h >> 13) & 15 else "null"
-            tail = _EXTEND_TAIL % (
-                jbool[not (h >> 20) & 3],
-                arches[not (h >> 22) & 3],
-                (h >> 24) % 100 if status == S_PROTECTING or status == S_WAIT_PROTECT else 100,
-                app_consistency[not (h >> 32) & 7],
-            )
+            multi_az = jbool[not (h >> 20) & 3]
+            architecture = arches[not (h >> 22) & 3]
+            progress = (h >> 24) % 100 if status in (S_PROTECTING, S_WAIT_PROTECT) else 100
+            app = app_consistency[not (h >> 32) & 7]
             ep = vault_ep[v]
             ep_text = ep_json.get(ep) or self._ep(ep)
             incremental = jbool[(flags & F_INCREMENTAL) >> 1]
@@ -567,38 +604,87 @@ class _RecordWriter:
                 bootable = system_disk = jbool[(h >> 8) & 1]
                 snapshot = "null" if rtype == T_TURBO else '"' + make_snapshot(b) + '"'
                 restore, images, contains_system_disk = '"na"', "[]", "null"
-
-            children = ""
-            if flags & F_CHILDREN and with_children[rtype]:
-                segments = disks.get(r) or self._disk_segments(r)
-                children = ",".join(
-                    [
-                        _CHILD
-                        % (
-                            self._child(b * 4 + k),
-                            head,
-                            segments[k],
-                            middle,
-                            backup_id,
-                            auto,
-                            jbool[k == 0],
-                            self._child_snapshot(b * 4 + k),
-                            lld,
-                            encrypted,
-                            jbool[k == 0],
-                            tail,
-                            ep_text,
-                            incremental,
-                        )
-                        for k in range(1 + (h >> 50) % 3)
-                    ]
-                )
             scheduled = ',"scheduled_operation_id":"%s"' % policies[v] if flags & F_AUTO else ""  # noqa: UP031
             replication = ""
             if show_replication and flags & (F_REPLICA | F_REPLICATED_OUT):
                 replication = self._replication_text(
-                    b, h, r_proj[r], v, backup_id, head, flags, created, suffix
+                    b, h, r_proj[r], v, backup_id, checkpoint_id, flags, created, suffix
                 )
+
+            if not (flags & F_CHILDREN and with_children[rtype]):
+                # The common case (~85%): one template, no intermediate strings.
+                append(
+                    _FLAT_RECORD
+                    % (
+                        backup_id,
+                        checkpoint_id,
+                        name,
+                        description,
+                        segment,
+                        image_type,
+                        statuses[status],
+                        created_text,
+                        updated_text,
+                        suffix,
+                        expired_text,
+                        protected_text,
+                        providers[rtype],
+                        auto,
+                        bootable,
+                        snapshot,
+                        lld,
+                        restore,
+                        images,
+                        contains_system_disk,
+                        encrypted,
+                        system_disk,
+                        multi_az,
+                        architecture,
+                        progress,
+                        app,
+                        ep_text,
+                        incremental,
+                        scheduled,
+                        replication,
+                    )
+                )
+                continue
+
+            # A server backup with disk backups: the pieces it shares with its children first.
+            head = _HEAD % (checkpoint_id, name, description)
+            middle = _MIDDLE % (
+                image_type,
+                statuses[status],
+                created_text,
+                updated_text,
+                suffix,
+                expired_text,
+                protected_text,
+            )
+            tail = _EXTEND_TAIL % (multi_az, architecture, progress, app)
+            segments = disks.get(r) or self._disk_segments(r)
+            children = ",".join(
+                [
+                    _CHILD
+                    % (
+                        make_child(b * 4 + k),
+                        head,
+                        segments[k],
+                        middle,
+                        backup_id,
+                        auto,
+                        jbool[k == 0],
+                        make_child_snapshot(b * 4 + k),
+                        lld,
+                        encrypted,
+                        jbool[k == 0],
+                        tail,
+                        ep_text,
+                        incremental,
+                    )
+                    for k in range(1 + (h >> 50) % 3)
+                ]
+            )
             append(
                 _RECORD
                 % (
@@ -627,11 +713,19 @@ class _RecordWriter:
         return out
 
     def _replication_text(
-        self, b: int, h: int, p: int, v: int, backup_id: str, head: str, flags: int, created: int, suffix: str
+        self,
+        b: int,
+        h: int,
+        p: int,
+        v: int,
+        backup_id: str,
+        checkpoint_id: str,
+        flags: int,
+        created: int,
+        suffix: str,
     ) -> str:
         here_project, here_region, remote_project, remote_region = self._places.get(p) or self._place(p)
         vault_id = self._vault_json[v][1:-1]
-        checkpoint_id = head[17:53]  # '"checkpoint_id":"' is 17 characters, an id 36
         remote = (
             self._remote_backup(b),
             self._remote_checkpoint(b),
@@ -715,8 +809,11 @@ class Estate:
         self._created = array("q")
         self._status = array("B")
         self._flags = array("B")
-        self._born = array("d")
-        self._died = array("d")
+        # time.monotonic() of creation and deletion. Every generated backup was born with the estate,
+        # so only churn's creations and deletions are stored: two float columns would be 16 B/backup.
+        self._born_at = time.monotonic()
+        self._born: dict[int, float] = {}
+        self._died: dict[int, float] = {}
         # Serialised records by handle, bounded: a 1M estate is ~1.6 GB of JSON. Evicted first-in first-out.
         # Served pages by their exact handles (a record's bytes never change, so no generation is
         # needed in the key); least recently used first. Writing a page costs a few milliseconds, so
@@ -732,9 +829,8 @@ class Estate:
         self._alive = 0
         self._initial_counts: list[int] = []
 
-        born = time.monotonic()
         for domain_spec in spec.domains:
-            self._generate_domain(domain_spec, born)
+            self._generate_domain(domain_spec)
         self._alive = len(self._res)
         self._clock = max(self._created) if self._created else ANCHOR_US
         self._churn_rng = random.Random(f"cbr-estate-churn:{spec.seed}")
@@ -742,7 +838,7 @@ class Estate:
 
     # ---- generation --------------------------------------------------------------------------
 
-    def _generate_domain(self, dspec: DomainSpec, born: float) -> None:
+    def _generate_domain(self, dspec: DomainSpec) -> None:
         rng = random.Random(f"cbr-estate:{self.spec.seed}:{dspec.name}")
         domain = Domain(id=f"{rng.getrandbits(128):032x}", name=dspec.name)
         self.domains[domain.id] = domain
@@ -793,7 +889,7 @@ class Estate:
         counts = self._spread(rng, dspec.backups, len(holders))
         for p, n in zip(holders, counts, strict=True):
             self._initial_counts[p] = n
-            self._generate_backups(rng, p, n, vault_range[p], born)
+            self._generate_backups(rng, p, n, vault_range[p])
         for p in holders:
             self._generate_shares(rng, p, dspec.shared_fraction)
 
@@ -868,9 +964,7 @@ class Estate:
             counts[k] += 1
         return counts
 
-    def _generate_backups(
-        self, rng: random.Random, p: int, n: int, vaults: tuple[int, int], born: float
-    ) -> None:
+    def _generate_backups(self, rng: random.Random, p: int, n: int, vaults: tuple[int, int]) -> None:
         if n == 0:
             return
         # Resources: about 30 backups each (a month of nightly backups), round-robin over time.
@@ -892,17 +986,16 @@ class Estate:
         step = HISTORY_US // n
         jitter = step >> 8
         start = ANCHOR_US - HISTORY_US
-        self._created.extend(
-            array("q", [start + k * step + j * jitter for k, j in enumerate(rng.randbytes(n))])
-        )
+        jitters = rng.randbytes(n)
+        for lo in range(0, n, 1 << 16):  # in chunks: a list of 5M ints would double the peak memory
+            hi = min(n, lo + (1 << 16))
+            self._created.extend(array("q", [start + k * step + jitters[k] * jitter for k in range(lo, hi)]))
         self._status.frombytes(rng.randbytes(n).translate(_STATUS_TABLE))
         flags = 0
         for bit, odds in _FLAG_ODDS:
             table = bytes(bit if i < odds else 0 for i in range(256))
             flags |= int.from_bytes(rng.randbytes(n).translate(table), "little")
         self._flags.frombytes(flags.to_bytes(n, "little"))
-        self._born.extend(array("d", [born]) * n)
-        self._died.extend(array("d", [math.inf]) * n)
         self._asc[p] = array("I", range(b0, b0 + n))
 
     def _generate_shares(self, rng: random.Random, p: int, fraction: float) -> None:
@@ -1192,7 +1285,7 @@ class Estate:
         return list(self._churn_log)[generation - first :]
 
     def _visible(self, b: int, p: int, own_type: str) -> bool:
-        if self._died[b] != math.inf:
+        if b in self._died:
             return False
         owned = self._owner(b) == p
         shared = (share := self._share.get(b)) is not None and share[0] == p
@@ -1380,14 +1473,15 @@ class Estate:
         """Ids of the backups that existed during all of ``[t0, t1]`` (``time.monotonic()`` instants),
         keyed by (project id, own type ``private`` or ``shared``, enterprise project id)."""
         out: dict[tuple[str, str, str], set[str]] = {}
-        born, died, make, ep_of = (
+        born_at, born, died, make, ep_of = (
+            self._born_at,
             self._born,
             self._died,
             self._ids.make,
             self.getters(False)["enterprise_project_id"],
         )
         for b in range(len(self._res)):
-            if born[b] <= t0 and died[b] > t1:
+            if born.get(b, born_at) <= t0 and died.get(b, math.inf) > t1:
                 backup_id, ep = make(K_BACKUP, b), ep_of(b)
                 out.setdefault((self._project_list[self._owner(b)].id, "private", ep), set()).add(backup_id)
                 if (share := self._share.get(b)) is not None:
@@ -1406,7 +1500,7 @@ class Estate:
             if self._alive == 0:
                 break
             b = rng.randrange(len(self._res))
-            while self._died[b] != math.inf:
+            while b in self._died:
                 b = rng.randrange(len(self._res))
             self._delete(b, now)
             deleted.append(b)
@@ -1443,8 +1537,7 @@ class Estate:
             F_AUTO | (F_INCREMENTAL if rng.random() < 0.7 else 0) | (F_CHILDREN if rng.random() < 0.25 else 0)
         )
         self._flags.append(flags)
-        self._born.append(now)
-        self._died.append(math.inf)
+        self._born[b] = now
         self._asc[p].append(b)
         self._alive += 1
         receivers = self._receivers[p]

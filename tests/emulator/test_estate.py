@@ -364,3 +364,54 @@ def test_cached_results_are_patched_correctly_across_churn() -> None:
             cold.churn(*earlier)
         assert answers(warm) == answers(cold)
     assert warm.generation == len(history)
+
+
+def _reference_page(estate: Estate, project_id: str, own_type: str, show_replication: bool) -> bytes:
+    records = estate.truth(project_id, own_type)
+    if not show_replication:
+        for record in records:
+            record.pop("replication_records", None)
+    return b",".join(orjson.dumps(record) for record in records)
+
+
+@pytest.mark.parametrize("show_replication", [True, False])
+def test_served_bytes_equal_the_reference_records(estate: Estate, show_replication: bool) -> None:
+    """The template writer that serves pages writes exactly what orjson makes of the record dicts."""
+    for project_id in estate.projects:
+        for own_type in ("private", "shared"):
+            handles = list(estate.view(project_id, own_type))
+            handles.reverse()
+            served = estate.serialized_page(handles, show_replication)
+            assert served == _reference_page(estate, project_id, own_type, show_replication)
+            if handles:
+                one = estate.serialized(handles[-1], show_replication)
+                assert served == one or served.endswith(b"," + one)
+
+
+def test_served_bytes_equal_the_reference_after_churn() -> None:
+    estate = Estate.generate(SPEC)
+    estate.churn(creates=400, deletes=100)
+    for project_id in estate.projects:
+        handles = list(estate.view(project_id, "private"))
+        handles.reverse()
+        assert estate.serialized_page(handles[:500]) == b",".join(
+            orjson.dumps(record) for record in estate.truth(project_id)[:500]
+        )
+
+
+def test_pages_are_cached_within_the_budget() -> None:
+    estate = Estate.generate(SPEC, cache_bytes=200_000)
+    project_id = max(estate.projects, key=lambda pid: len(estate.view(pid, "private")))
+    first = estate.list_backups(project_id, parse_list_backups_query(MultiDict(limit="50")))
+    assert estate.list_backups(project_id, parse_list_backups_query(MultiDict(limit="50"))) == first
+    for offset in range(0, 2000, 50):  # far more than the budget holds: older pages are dropped
+        estate.list_backups(project_id, parse_list_backups_query(MultiDict(limit="50", offset=str(offset))))
+    assert 0 < estate.prewarm(limit=50) < estate.backup_count
+    again = estate.list_backups(project_id, parse_list_backups_query(MultiDict(limit="50")))
+    assert again == first
+
+
+def test_strings_that_look_like_ids_but_were_not_made_here_are_rejected(estate: Estate) -> None:
+    project_id = next(p for p in estate.projects if estate.truth_ids(p))
+    for forged in ("00000000-0000-4000-8000-000000000000", "ffffffff-ffff-4fff-bfff-ffffffffffff"):
+        assert estate.resolve_marker(project_id, forged, False) is None
