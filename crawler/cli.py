@@ -99,8 +99,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_id=run_id,
         progress_interval=args.progress_interval,
         manifest_path=Path(args.manifest) if args.manifest else None,
+        resume="resume" if args.resume else "fresh" if args.fresh else "auto",
+        run_id_given=args.run_id is not None,
     )
-    log.info("run %s: %d tenant(s), output %s", run_id, len(tenants), output)
+    # The run id is settled once the run state is read (a resumed run keeps its recorded id).
+    log.info("%d tenant(s), output %s", len(tenants), output)
     outcome = run_async(lambda: run_crawl(tenants, options))
     print_summary(outcome.manifest, outcome.manifest_path)
     return outcome.exit_code
@@ -142,7 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", "-c", nargs="+", required=True, help="tenant YAML files or directories")
     run.add_argument("--output", "-o", help="output directory, or '-' for NDJSON on stdout")
     run.add_argument("--manifest", help="with --output -: where to write the manifest")
-    run.add_argument("--run-id", help="run id (default: UTC time + random suffix)")
+    resume = run.add_mutually_exclusive_group()
+    resume.add_argument("--run-id", help="run id (default: UTC time + random suffix)")
+    resume.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished run in --output (the default when its config is unchanged); "
+        "says so when there is none and starts a new run",
+    )
+    resume.add_argument(
+        "--fresh", action="store_true", help="start a new run, ignoring the run state in --output"
+    )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-json", action="store_true", help="JSON-lines logs, each with the run id")
     run.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress lines")

@@ -167,7 +167,7 @@ class Engine:
         def open_scope(scope: Scope) -> ScopeCrawl:
             output = self.sink.open(scope.relpath(tenant.layout), tenant.compression)
             return ScopeCrawl(
-                scope, output, run_id=self.run_id, page_size=tenant.page_size, window=2 * tenant.concurrency
+                scope, output, run_id=self.run_id, page_size=tenant.page_size, window=tenant.concurrency
             )
 
         scheduler = _TenantScheduler(tenant.scopes, open_scope, max_open=tenant.concurrency)
@@ -231,15 +231,13 @@ class Engine:
             crawl.fail(exc)
         else:
             self.stats.pages += 1
-            before = crawl.result.records_written
             try:
-                await crawl.accept(offset, response)
+                self.stats.records += await crawl.accept(offset, response)
             except OSError as exc:
                 # A full disk or a vanished directory fails this scope, not the run: what is
                 # already written stays, and the manifest says what happened.
                 if crawl.error is None:
                     crawl.error = CrawlerError(f"cannot write the output of {scope.key}: {exc}")
-            self.stats.records += crawl.result.records_written - before
 
     async def _reconcile(self, tenant: TenantPlan, crawl: ScopeCrawl) -> None:
         """Re-read a drifting scope with a sequential marker pass in a stable order.

@@ -58,6 +58,21 @@ def check_page(response: ApiResponse) -> None:
             raise BadResponseError(f"backup #{index} of the page has no 'id'", request_id=response.request_id)
 
 
+def compact_id(backup_id: str) -> str | bytes:
+    """The key a backup id is de-duplicated by: 16 bytes for a lower-case UUID, else the string.
+
+    A set of a million id strings costs about 120 MB; as 16-byte keys it costs less than half. The
+    mapping is exact (lower-case hex only, so two distinct strings never share a key), and any id
+    that is not a canonical UUID is kept as it is.
+    """
+    if len(backup_id) == 36 and backup_id[8] == "-" and backup_id.islower():
+        try:
+            return bytes.fromhex(backup_id.replace("-", ""))
+        except ValueError:
+            return backup_id
+    return backup_id
+
+
 def utc_now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -89,11 +104,11 @@ class ScopeCrawl:
             "own_type": scope.own_type,
             "run_id": run_id,
         }
-        self._ids: set[str] = set()
+        self._ids: set[str | bytes] = set()
         self.total: int | None = None  # count from the first page
         self._next_offset = 0  # next offset to hand out
         self._flush_offset = 0  # next offset to write
-        self._buffered: dict[int, tuple[list[dict[str, Any]], int]] = {}
+        self._buffered: dict[int, tuple[bytes, int]] = {}  # offset -> encoded lines, count
         self._in_flight = 0
         self._flush_lock = asyncio.Lock()
         self.error: BaseException | None = None
@@ -139,8 +154,8 @@ class ScopeCrawl:
         if self.error is None:
             self.error = error
 
-    async def accept(self, offset: int, response: ApiResponse) -> None:
-        """A page arrived: buffer it and write every page that is now in order."""
+    async def accept(self, offset: int, response: ApiResponse) -> int:
+        """A page arrived: encode it, then write every page now in order. Returns lines written."""
         self._in_flight -= 1
         data = response.data
         records: list[dict[str, Any]] = data["backups"]
@@ -157,33 +172,39 @@ class ScopeCrawl:
         expected = min(self.page_size, max(0, (self.total or 0) - offset))
         if len(records) < expected:
             self._note(f"short page at offset {offset}: {len(records)} of {expected} records")
-        self._buffered[offset] = (records, count)
-        await self._flush()
+        # Encoded at once and the parsed page dropped: a parsed 1000-record page takes about
+        # three times the memory of its JSON, and pages may wait here for a slower one.
+        self._buffered[offset] = self._encode(records)
+        response.data = None
+        return await self._flush()
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> int:
         # One flusher at a time keeps lines in offset order; the others just leave their page in
         # the buffer for it.
+        flushed = 0
         async with self._flush_lock:
             while self._flush_offset in self._buffered:
-                records, _count = self._buffered.pop(self._flush_offset)
-                data, written = self._encode(records)
+                data, written = self._buffered.pop(self._flush_offset)
                 if written:
                     await self.output.write(data, written)
                     self.result.records_written += written
+                    flushed += written
                 self._flush_offset += self.page_size
                 if self.total is not None and self._flush_offset >= self.total:
                     break
+        return flushed
 
     def _encode(self, records: list[dict[str, Any]]) -> tuple[bytes, int]:
+        """NDJSON lines for the records not seen before in this scope, and how many."""
         provenance = {**self._provenance, "fetched_at": utc_now_iso()}
         ids = self._ids
         lines = []
         for record in records:
-            backup_id = record["id"]
-            if backup_id in ids:
+            key = compact_id(record["id"])
+            if key in ids:
                 self.result.duplicates += 1
                 continue
-            ids.add(backup_id)
+            ids.add(key)
             # The record is written as the API sent it; provenance goes under one added key.
             record[PROVENANCE_KEY] = provenance
             lines.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))

@@ -478,6 +478,20 @@ async def open_run_state(
         return None, {}
     if note is not None:
         log.warning("%s", note)
+    try:
+        return state, await _resume_or_begin(state, tenants, options, started)
+    except (OSError, sqlite3.Error, StateError) as exc:
+        await state.close()
+        log.warning("cannot use the run state in %s (%s): this run could not be resumed", root, exc)
+        return None, {}
+    except BaseException:
+        await asyncio.shield(state.close())
+        raise
+
+
+async def _resume_or_begin(
+    state: RunState, tenants: Sequence[TenantConfig], options: RunOptions, started: str
+) -> dict[str, ScopeResult]:
     digest = config_digest(list(tenants))
     decision = decide(state.run, digest, options.resume, options.run_id if options.run_id_given else None)
     if decision.resume:
@@ -491,7 +505,7 @@ async def open_run_state(
             decision.reason,
             len(done),
         )
-        return state, done
+        return done
     if options.resume == "resume":
         log.warning(
             "--resume: nothing to resume (%s); starting a new run %s", decision.reason, options.run_id
@@ -499,7 +513,7 @@ async def open_run_state(
     else:
         log.info("starting run %s (%s)", options.run_id, decision.reason)
     await state.begin(options.run_id, digest, started)
-    return state, {}
+    return {}
 
 
 def _checkpointer(state: RunState) -> Callable[[ScopeResult], Coroutine[Any, Any, None]]:

@@ -155,7 +155,8 @@ def test_full_disk_fails_scopes_not_the_run(
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["status"] == "incomplete"
         statuses = {s["status"] for s in manifest["scopes"]}
-        assert "complete" in statuses and statuses & {"failed", "partial"}
+        # Which scopes complete before the disk fills depends on scheduling; some must not.
+        assert statuses & {"failed", "partial"}, statuses
         for scope in manifest["scopes"]:
             for file in scope["files"]:
                 data = (out / file["path"]).read_bytes()

@@ -1,0 +1,402 @@
+"""Run state: the checkpoint that lets a killed run be continued without losing or repeating a scope.
+
+The state lives next to the output it describes, in ``OUTPUT/.cbr-crawler/state.sqlite`` (SQLite,
+WAL journal, ``synchronous=FULL``, one committed transaction per scope). It holds one run row (run
+id, config digest, start time, attempts, and whether the run finished) and one row per completed
+scope with its full manifest entry (:meth:`ScopeResult.as_dict`: status, counts, files with size
+and sha256).
+
+Ordering that matters: a scope is recorded only *after* its file has been fsynced and renamed to
+its final name (:class:`crawler.sink.FileSink` does that before the engine reports the scope), and
+:meth:`RunState.record` fsyncs the file's directory, so the rename itself is durable, before the
+row is committed. Output is durable before the checkpoint says done: a crash between the two
+leaves a complete file the state does not know, which the next attempt simply fetches again.
+
+SQLite calls block, so :class:`RunState` runs every one of them on a dedicated single thread
+(which also owns the connection); :class:`StateDB` is the blocking core, usable on its own.
+
+What happens when a run starts (:func:`decide`):
+
+- no state, or ``--fresh``: a new run; the state is reset.
+- a *finished* state (the previous run reached its end, complete or not): a new run.
+- the config digest differs: a new run (the recorded scopes answered another question).
+- an explicit ``--run-id`` other than the recorded one: a new run under that id.
+- otherwise (an unfinished run of the same config): the run is resumed under its recorded run id;
+  scopes recorded complete whose files are still on disk with the recorded size are not fetched
+  again, the others are.
+
+A run is *finished* once its manifest is written without interruption, whatever its status; an
+interrupted (exit 130), killed or crashed run is not. The manifest of a resumed run lists the scopes
+discovery finds in this attempt, as an uninterrupted run would: a recorded scope that is no longer
+discovered (or whose tenant's discovery fails this time) is not listed. If the disk is full when a
+run that reached its end writes its manifest, the state is deleted to make room for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import orjson
+
+from crawler.scope import Scope, ScopeResult
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".cbr-crawler"
+STATE_FILE = "state.sqlite"
+SCHEMA_VERSION = 1
+
+ResumeMode = Literal["auto", "resume", "fresh"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS run (
+    singleton     INTEGER PRIMARY KEY CHECK (singleton = 1),
+    run_id        TEXT NOT NULL,
+    config_digest TEXT NOT NULL,
+    started_at    TEXT NOT NULL,
+    attempts      INTEGER NOT NULL,
+    finished_at   TEXT,
+    status        TEXT
+);
+CREATE TABLE IF NOT EXISTS scope (
+    key         TEXT PRIMARY KEY,
+    result      TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+"""
+
+
+def state_path(root: Path) -> Path:
+    return root / STATE_DIR / STATE_FILE
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """The run a state belongs to."""
+
+    run_id: str
+    config_digest: str
+    started_at: str
+    attempts: int  # 1 for the first process of the run, +1 per resume
+    finished_at: str | None = None
+    status: str | None = None  # the manifest's status when the run finished
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+
+class StateError(Exception):
+    """The state file exists but cannot be used (not SQLite, another schema version)."""
+
+
+class StateDB:
+    """The blocking SQLite store. Use it from one thread only (the connection is not shared)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: each statement outside an explicit BEGIN is its own durable transaction.
+        self._db = sqlite3.connect(path, isolation_level=None)
+        try:
+            self._setup()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StateError(f"{path}: {exc}") from exc
+        except StateError:
+            self._db.close()
+            raise
+
+    def _setup(self) -> None:
+        db = self._db
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise StateError(f"{self.path}: schema version {version}, this crawler knows {SCHEMA_VERSION}")
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.debug("state %s: journal mode %s (WAL unavailable on this filesystem)", self.path, mode)
+        # FULL: a commit is on disk when it returns, even if the machine loses power; one fsync
+        # per completed scope is nothing next to the scope's own requests.
+        db.execute("PRAGMA synchronous=FULL")
+        # Keep the WAL small (checkpoint every ~1 MB, and shrink it back after): the state shares
+        # the disk with the output and the manifest, which matter more.
+        db.execute("PRAGMA wal_autocheckpoint=256")
+        db.execute("PRAGMA journal_size_limit=1048576")
+        db.executescript(_SCHEMA)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @classmethod
+    def open_or_reset(cls, path: Path) -> tuple[StateDB, str | None]:
+        """Open the store; an unusable file is moved aside (the reason is returned) and a new one made."""
+        try:
+            return cls(path), None
+        except StateError as exc:
+            aside = path.with_name(f"{path.name}.unusable-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}")
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{path}{suffix}")
+                if src.exists():
+                    src.replace(Path(f"{aside}{suffix}"))
+            return cls(path), f"state file unusable ({exc}); moved aside to {aside.name}"
+
+    def run(self) -> RunRecord | None:
+        row = self._db.execute(
+            "SELECT run_id, config_digest, started_at, attempts, finished_at, status FROM run"
+        ).fetchone()
+        return RunRecord(*row) if row is not None else None
+
+    def begin(self, run_id: str, config_digest: str, started_at: str) -> RunRecord:
+        """Start a new run: forget every recorded scope and the previous run, in one transaction."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM scope")
+            db.execute("DELETE FROM run")
+            db.execute(
+                "INSERT INTO run (singleton, run_id, config_digest, started_at, attempts)"
+                " VALUES (1, ?, ?, ?, 1)",
+                (run_id, config_digest, started_at),
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return RunRecord(run_id, config_digest, started_at, 1)
+
+    def resume(self) -> RunRecord:
+        """Count one more attempt of the recorded (unfinished) run."""
+        self._db.execute("UPDATE run SET attempts = attempts + 1")
+        run = self.run()
+        if run is None:
+            raise StateError(f"{self.path}: no run to resume")
+        return run
+
+    def record(self, key: str, result: Mapping[str, Any]) -> None:
+        """Record a completed scope (durable when this returns). Replaces an earlier record."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO scope (key, result, recorded_at) VALUES (?, ?, ?)",
+            (key, orjson.dumps(result).decode(), _now_iso()),
+        )
+
+    def forget(self, keys: Iterable[str]) -> None:
+        self._db.executemany("DELETE FROM scope WHERE key = ?", [(k,) for k in keys])
+
+    def completed(self) -> dict[str, dict[str, Any]]:
+        """Every recorded scope's manifest entry, by scope key."""
+        rows = self._db.execute("SELECT key, result FROM scope ORDER BY key").fetchall()
+        return {key: orjson.loads(result) for key, result in rows}
+
+    def finish(self, status: str) -> None:
+        """Mark the run finished: the next run with this output starts a new run."""
+        self._db.execute("UPDATE run SET finished_at = ?, status = ?", (_now_iso(), status))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Whether a starting run continues the recorded one, and why (for the log)."""
+
+    resume: bool
+    reason: str
+
+
+def decide(
+    recorded: RunRecord | None, config_digest: str, mode: ResumeMode, requested_run_id: str | None = None
+) -> Decision:
+    """Resume the recorded run, or start a new one? Pure; see the module docstring for the rules."""
+    if mode == "fresh":
+        return Decision(False, "--fresh given")
+    if recorded is None:
+        return Decision(False, "no earlier run state in this output")
+    if recorded.finished:
+        return Decision(
+            False,
+            f"the previous run {recorded.run_id} finished ({recorded.status}) at {recorded.finished_at}",
+        )
+    if recorded.config_digest != config_digest:
+        return Decision(
+            False,
+            f"the configuration changed since run {recorded.run_id} "
+            f"(digest {recorded.config_digest[:12]} -> {config_digest[:12]})",
+        )
+    if requested_run_id is not None and requested_run_id != recorded.run_id:
+        return Decision(
+            False, f"--run-id {requested_run_id} differs from the unfinished run {recorded.run_id}"
+        )
+    return Decision(True, f"run {recorded.run_id} did not finish (attempt {recorded.attempts + 1})")
+
+
+_RENAMED = {"duplicates": "duplicates_dropped"}  # ScopeResult field -> manifest key
+
+
+def result_from_dict(entry: Mapping[str, Any]) -> ScopeResult:
+    """A :class:`ScopeResult` from its manifest entry (the inverse of :meth:`ScopeResult.as_dict`).
+
+    Fields absent from ``entry`` (recorded by an older crawler) keep their defaults.
+    """
+    ep = entry["enterprise_project_id"]
+    scope = Scope(
+        tenant=entry["tenant"],
+        region=entry["region"],
+        project_id=entry["project_id"],
+        project_name=entry["project_name"],
+        enterprise_project_id=ep,
+        own_type=entry["own_type"],
+        filters=tuple((str(k), str(v)) for k, v in entry.get("filters", [])),
+    )
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(ScopeResult):
+        name = _RENAMED.get(f.name, f.name)
+        if f.name != "scope" and name in entry:
+            values[f.name] = entry[name]
+    return ScopeResult(scope, **values)
+
+
+def verify_files(root: Path, entry: Mapping[str, Any]) -> str | None:
+    """Why a recorded scope's files cannot be trusted any more, or None if they can.
+
+    Checks existence and size (cheap), not the sha256: re-hashing every kept file on each resume
+    would cost as much as reading the whole inventory again.
+    """
+    files = entry.get("files") or []
+    if not files:
+        return "no file recorded"
+    for file in files:
+        path = root / file["path"]
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{file['path']} is missing"
+        if size != file["size"]:
+            return f"{file['path']} has {size} bytes, {file['size']} recorded"
+    return None
+
+
+def remove_leftovers(root: Path) -> list[Path]:
+    """Delete ``*.part`` files (and a half-written manifest) a killed run left behind."""
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    candidates = [p for p in root.rglob("*.part") if STATE_DIR not in p.relative_to(root).parts]
+    candidates.extend(p for p in (root / ".manifest.json.tmp", root / "._SUCCESS.tmp") if p.exists())
+    for path in candidates:
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _fsync_directories(root: Path, entry: Mapping[str, Any]) -> None:
+    # The sink fsyncs each file before renaming it; the rename lives in the directory, which must
+    # reach the disk too before the checkpoint can say the file is there.
+    for directory in sorted({(root / f["path"]).parent for f in entry.get("files") or []}):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class RunState:
+    """The run's checkpoint for async code: every SQLite call runs on one dedicated thread."""
+
+    def __init__(self, root: Path, db: StateDB, executor: ThreadPoolExecutor) -> None:
+        self.root = root
+        self._db = db
+        self._executor = executor
+        self.run: RunRecord | None = None
+
+    @classmethod
+    async def open(cls, root: Path) -> tuple[RunState, str | None]:
+        """Open (or create) the state of the output ``root``; the note says if a bad file was set aside."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
+        loop = asyncio.get_running_loop()
+        try:
+            db, note = await loop.run_in_executor(executor, StateDB.open_or_reset, state_path(root))
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        state = cls(root, db, executor)
+        state.run = await state._call(db.run)
+        return state, note
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def begin(self, run_id: str, config_digest: str, started_at: str) -> RunRecord:
+        self.run = await self._call(self._db.begin, run_id, config_digest, started_at)
+        return self.run
+
+    async def resume(self) -> RunRecord:
+        self.run = await self._call(self._db.resume)
+        return self.run
+
+    async def completed_scopes(self) -> dict[str, ScopeResult]:
+        """Recorded scopes whose files are still whole on disk; the others are forgotten (refetched)."""
+
+        def load() -> tuple[dict[str, ScopeResult], dict[str, str]]:
+            kept: dict[str, ScopeResult] = {}
+            dropped: dict[str, str] = {}
+            for key, entry in self._db.completed().items():
+                problem = verify_files(self.root, entry)
+                if problem is None:
+                    kept[key] = result_from_dict(entry)
+                else:
+                    dropped[key] = problem
+            self._db.forget(dropped)
+            return kept, dropped
+
+        kept, dropped = await self._call(load)
+        for key, problem in dropped.items():
+            log.warning("scope %s was recorded complete but %s: fetching it again", key, problem)
+        return kept
+
+    async def record(self, result: ScopeResult) -> None:
+        """Checkpoint a completed scope. Call only once its files are renamed (see the module docstring)."""
+        entry = result.as_dict()
+
+        def write() -> None:
+            _fsync_directories(self.root, entry)  # output durable before the checkpoint says done
+            self._db.record(result.scope.key, entry)
+
+        await self._call(write)
+
+    async def finish(self, status: str) -> None:
+        await self._call(self._db.finish, status)
+
+    async def close(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the executor may already be shut down
+            await self._call(self._db.close)
+        self._executor.shutdown(wait=False)
+
+    async def discard(self) -> None:
+        """Close and delete the state: the next run starts afresh (as after a finished run)."""
+
+        def delete() -> None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            path = state_path(self.root)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+        with contextlib.suppress(RuntimeError):
+            await self._call(delete)
+        self._executor.shutdown(wait=False)
