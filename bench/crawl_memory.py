@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backups", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--rps", type=float, default=200, help="requests_per_second (the config's max: 200)")
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=8, help="the tenant config's default")
     parser.add_argument("--compression", choices=["none", "gzip", "zstd"], default="none")
     parser.add_argument("--tracemalloc", action="store_true", help="report the allocation sites at the peak")
     parser.add_argument("--keep", metavar="DIR", help="write the output here and keep it")
