@@ -197,7 +197,11 @@ class ScopeCrawl:
     def _encode(self, records: list[dict[str, Any]]) -> tuple[bytes, int]:
         """NDJSON lines for the records not seen before in this scope, and how many."""
         provenance = {**self._provenance, "fetched_at": utc_now_iso()}
+        # The record is written as the API sent it; provenance goes under one added key, spliced
+        # in as bytes before the record's closing brace (serialised once per page, not per record).
+        tail = b',"' + PROVENANCE_KEY.encode() + b'":' + orjson.dumps(provenance) + b"}\n"
         ids = self._ids
+        dumps = orjson.dumps
         lines = []
         for record in records:
             key = compact_id(record["id"])
@@ -205,9 +209,11 @@ class ScopeCrawl:
                 self.result.duplicates += 1
                 continue
             ids.add(key)
-            # The record is written as the API sent it; provenance goes under one added key.
-            record[PROVENANCE_KEY] = provenance
-            lines.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+            if PROVENANCE_KEY in record:  # never seen from the API; keep the output valid JSON anyway
+                record[PROVENANCE_KEY] = provenance
+                lines.append(dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+            else:
+                lines.append(dumps(record)[:-1] + tail)
         return b"".join(lines), len(lines)
 
     # -- reconciliation -----------------------------------------------------------------------
