@@ -170,13 +170,14 @@ class ApiClient:
         limiter: QuotaLimiter | None = None,
         *,
         expect_json: bool = True,
-        check: Callable[[ApiResponse], None] | None = None,
+        parse: Callable[[bytes, str | None], Any] | None = None,
         deadline: float | None = None,
     ) -> ApiResponse:
         """Send with retries; return the parsed answer or raise a :mod:`crawler.errors` error.
 
-        ``check`` validates the parsed answer inside the attempt loop: a :class:`BadResponseError`
-        from it (a page with no ``backups`` list, a record with no id) is retried like a 5xx.
+        ``parse(body, request_id)`` replaces the generic orjson parse (ListBackups pages use a lazy
+        decoder); it runs inside the attempt loop, so a :class:`BadResponseError` from it (a page
+        with no ``backups`` list, a record with no id) is retried like a 5xx.
         ``deadline`` (event-loop time) bounds the retries: no retry starts that would begin after it.
         """
         reauthenticated = False
@@ -184,9 +185,7 @@ class ApiClient:
         while True:
             attempt += 1
             try:
-                response = await self._attempt(request, auth, limiter, expect_json)
-                if check is not None:
-                    check(response)
+                response = await self._attempt(request, auth, limiter, expect_json, parse)
                 if limiter is not None:
                     limiter.on_success()
                 return response
@@ -218,7 +217,12 @@ class ApiClient:
                 await self._sleep(delay)
 
     async def _attempt(
-        self, request: ApiRequest, auth: Authenticator, limiter: QuotaLimiter | None, expect_json: bool
+        self,
+        request: ApiRequest,
+        auth: Authenticator,
+        limiter: QuotaLimiter | None,
+        expect_json: bool,
+        parse: Callable[[bytes, str | None], Any] | None,
     ) -> ApiResponse:
         if limiter is not None:
             await limiter.acquire()
@@ -269,7 +273,9 @@ class ApiClient:
             )
 
         data: Any = None
-        if expect_json:
+        if parse is not None:
+            data = parse(body, request_id)
+        elif expect_json:
             try:
                 data = orjson.loads(body)
             except orjson.JSONDecodeError as exc:

@@ -21,7 +21,7 @@ from typing import Any
 
 from crawler.client import ApiClient, ApiRequest, Authenticator
 from crawler.errors import ApiError, AuthFailedError, CrawlerError
-from crawler.paging import ScopeCrawl, check_page
+from crawler.paging import Page, ScopeCrawl, parse_page
 from crawler.ratelimit import QuotaLimiter
 from crawler.scope import Scope, ScopeResult
 from crawler.sink import Sink
@@ -216,7 +216,7 @@ class Engine:
                 request,
                 tenant.auth,
                 tenant.cbr_limiter(scope.region),
-                check=check_page,
+                parse=parse_page,
                 deadline=crawl.started + tenant.scope_deadline,
             )
         except AuthFailedError as exc:
@@ -232,7 +232,7 @@ class Engine:
         else:
             self.stats.pages += 1
             try:
-                self.stats.records += await crawl.accept(offset, response)
+                self.stats.records += await crawl.accept(offset, response.data)
             except OSError as exc:
                 # A full disk or a vanished directory fails this scope, not the run: what is
                 # already written stays, and the manifest says what happened.
@@ -269,7 +269,7 @@ class Engine:
                     request,
                     tenant.auth,
                     limiter,
-                    check=check_page,
+                    parse=parse_page,
                     deadline=crawl.started + tenant.scope_deadline,
                 )
             except ApiError as exc:
@@ -283,25 +283,25 @@ class Engine:
                 break
             pages += 1
             self.stats.pages += 1
+            page: Page = response.data
             try:
-                written = await crawl.accept_extra(response)
+                written = await crawl.accept_extra(page)
             except OSError as exc:
                 crawl.error = CrawlerError(f"cannot write the output of {scope.key}: {exc}")
                 break
             added += written
             self.stats.records += written
-            records = response.data["backups"]
-            if len(records) < crawl.page_size:
+            if len(page.ids) < crawl.page_size:
                 crawl.result.reconciliation = {
                     "method": "marker pass, sort created_at:asc,id:asc",
                     "pages": pages,
                     "added": added,
-                    "count_at_end": response.data["count"],
+                    "count_at_end": page.count,
                     "complete": True,
                 }
                 return
-            previous_ids = [r["id"] for r in records[:-1]]
-            marker = records[-1]["id"]
+            previous_ids = page.ids[:-1]
+            marker = page.ids[-1]
         crawl.result.reconciliation = {
             "method": "marker pass",
             "pages": pages,

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 
-from crawler.client import ApiResponse
 from crawler.errors import BadResponseError
 from crawler.scope import Scope, ScopeResult
 from crawler.sink import ScopeOutput
@@ -35,27 +36,62 @@ PROVENANCE_KEY = "_crawl"
 RECONCILE_SORT = "created_at:asc,id:asc"
 
 
-def check_page(response: ApiResponse) -> None:
-    """Reject answers that are not a ListBackups page, so that the client retries them."""
-    data = response.data
-    if not isinstance(data, dict):
-        raise BadResponseError("ListBackups answer is not a JSON object", request_id=response.request_id)
-    backups = data.get("backups")
-    count = data.get("count")
-    if not isinstance(backups, list):
-        raise BadResponseError("ListBackups answer has no 'backups' list", request_id=response.request_id)
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+class _Page(msgspec.Struct):
+    backups: list[msgspec.Raw]
+    count: int
+
+
+class _RecordHead(msgspec.Struct):
+    """The only parts of a record the crawler reads; every other field is skipped, not parsed."""
+
+    id: str
+    provenance: msgspec.Raw | msgspec.UnsetType = msgspec.field(name=PROVENANCE_KEY, default=msgspec.UNSET)
+
+
+_decode_page = msgspec.json.Decoder(_Page).decode
+_decode_head = msgspec.json.Decoder(_RecordHead).decode
+
+
+@dataclass(slots=True)
+class Page:
+    """A ListBackups page: each record's raw bytes exactly as the API sent them, and its id."""
+
+    records: list[bytes]
+    ids: list[str]
+    count: int
+    clashing: list[int]  # indexes of records that already carry a PROVENANCE_KEY field
+
+
+def parse_page(body: bytes, request_id: str | None) -> Page:
+    """Decode a ListBackups answer lazily; reject what is not a page, so that the client retries it.
+
+    Records are not parsed into objects: msgspec hands back each one's raw bytes, and only its
+    ``id`` is decoded. Writing those bytes keeps every field exactly as sent (unknown keys, number
+    formats, escapes) and costs a third of a full parse.
+    """
+    try:
+        page = _decode_page(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise BadResponseError(
-            f"ListBackups answer has a bad 'count': {count!r}", request_id=response.request_id
-        )
-    for index, record in enumerate(backups):
-        if not isinstance(record, dict):
-            raise BadResponseError(
-                f"backup #{index} of the page is not an object", request_id=response.request_id
-            )
-        backup_id = record.get("id")
-        if not isinstance(backup_id, str) or not backup_id:
-            raise BadResponseError(f"backup #{index} of the page has no 'id'", request_id=response.request_id)
+            f"not a ListBackups page ({len(body)} bytes): {exc}", request_id=request_id
+        ) from exc
+    if page.count < 0:
+        raise BadResponseError(f"ListBackups answer has a bad 'count': {page.count}", request_id=request_id)
+    records: list[bytes] = []
+    ids: list[str] = []
+    clashing: list[int] = []
+    for index, raw in enumerate(page.backups):
+        try:
+            head = _decode_head(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise BadResponseError(f"backup #{index} of the page: {exc}", request_id=request_id) from exc
+        if not head.id:
+            raise BadResponseError(f"backup #{index} of the page has an empty 'id'", request_id=request_id)
+        if head.provenance is not msgspec.UNSET:
+            clashing.append(index)
+        records.append(bytes(raw))
+        ids.append(head.id)
+    return Page(records, ids, page.count, clashing)
 
 
 def compact_id(backup_id: str) -> str | bytes:
@@ -154,12 +190,10 @@ class ScopeCrawl:
         if self.error is None:
             self.error = error
 
-    async def accept(self, offset: int, response: ApiResponse) -> int:
+    async def accept(self, offset: int, page: Page) -> int:
         """A page arrived: encode it, then write every page now in order. Returns lines written."""
         self._in_flight -= 1
-        data = response.data
-        records: list[dict[str, Any]] = data["backups"]
-        count: int = data["count"]
+        count = page.count
         self.result.pages += 1
         self.result.last_count = count
         if offset == 0:
@@ -170,12 +204,10 @@ class ScopeCrawl:
         if count != self.total:
             self._note(f"count changed from {self.total} to {count} at offset {offset}")
         expected = min(self.page_size, max(0, (self.total or 0) - offset))
-        if len(records) < expected:
-            self._note(f"short page at offset {offset}: {len(records)} of {expected} records")
-        # Encoded at once and the parsed page dropped: a parsed 1000-record page takes about
-        # three times the memory of its JSON, and pages may wait here for a slower one.
-        self._buffered[offset] = self._encode(records)
-        response.data = None
+        if len(page.records) < expected:
+            self._note(f"short page at offset {offset}: {len(page.records)} of {expected} records")
+        # Encoded at once so that only bytes wait here for a slower page.
+        self._buffered[offset] = self._encode(page)
         return await self._flush()
 
     async def _flush(self) -> int:
@@ -194,26 +226,28 @@ class ScopeCrawl:
                     break
         return flushed
 
-    def _encode(self, records: list[dict[str, Any]]) -> tuple[bytes, int]:
+    def _encode(self, page: Page) -> tuple[bytes, int]:
         """NDJSON lines for the records not seen before in this scope, and how many."""
         provenance = {**self._provenance, "fetched_at": utc_now_iso()}
-        # The record is written as the API sent it; provenance goes under one added key, spliced
-        # in as bytes before the record's closing brace (serialised once per page, not per record).
+        # The record is written byte for byte as the API sent it; provenance goes under one added
+        # key, spliced in before the record's closing brace (serialised once per page).
         tail = b',"' + PROVENANCE_KEY.encode() + b'":' + orjson.dumps(provenance) + b"}\n"
+        clashing = set(page.clashing)
         ids = self._ids
-        dumps = orjson.dumps
         lines = []
-        for record in records:
-            key = compact_id(record["id"])
+        for index, (raw, backup_id) in enumerate(zip(page.records, page.ids, strict=True)):
+            key = compact_id(backup_id)
             if key in ids:
                 self.result.duplicates += 1
                 continue
             ids.add(key)
-            if PROVENANCE_KEY in record:  # never seen from the API; keep the output valid JSON anyway
+            if index in clashing:
+                # Never seen from the API, but the output must stay valid JSON with one such key.
+                record = orjson.loads(raw)
                 record[PROVENANCE_KEY] = provenance
-                lines.append(dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+                lines.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
             else:
-                lines.append(dumps(record)[:-1] + tail)
+                lines.append(raw[:-1] + tail)
         return b"".join(lines), len(lines)
 
     # -- reconciliation -----------------------------------------------------------------------
@@ -236,13 +270,12 @@ class ScopeCrawl:
             query.append(("marker", marker))
         return query
 
-    async def accept_extra(self, response: ApiResponse) -> int:
+    async def accept_extra(self, page: Page) -> int:
         """A page of the marker pass: write the ids not written yet; return how many."""
-        records: list[dict[str, Any]] = response.data["backups"]
         self.result.pages += 1
-        self.result.last_count = response.data["count"]
+        self.result.last_count = page.count
         before_dupes = self.result.duplicates
-        data, written = self._encode(records)
+        data, written = self._encode(page)
         # Repeats are the point of this pass, not a symptom: don't count them as duplicates.
         self.result.duplicates = before_dupes
         if written:

@@ -17,7 +17,7 @@ from crawler.client import ApiClient, ApiRequest
 from crawler.config import TenantConfig
 from crawler.engine import TenantPlan
 from crawler.errors import CrawlerError
-from crawler.paging import check_page
+from crawler.paging import parse_page
 from crawler.ratelimit import LimiterRegistry
 from crawler.runner import EXIT_INCOMPLETE, EXIT_OK, make_session, plan_tenants
 from crawler.scope import Scope
@@ -73,8 +73,8 @@ async def _count_of(
     )
     async with semaphore:
         try:
-            response = await client.send(request, plan.auth, plan.cbr_limiter(scope.region), check=check_page)
+            response = await client.send(request, plan.auth, plan.cbr_limiter(scope.region), parse=parse_page)
         except CrawlerError as exc:
             return f"error: {exc}"
-    count: int = response.data["count"]
+    count: int = response.data.count
     return count
