@@ -29,7 +29,7 @@ from crawler.errors import (
     TransportError,
     is_retryable,
 )
-from crawler.ratelimit import QuotaLimiter
+from crawler.ratelimit import QuotaLimiter, stated_rate
 from crawler.signer import encode_query
 
 log = logging.getLogger(__name__)
@@ -103,20 +103,45 @@ class NoAuth:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, bounded by attempts."""
+    """Exponential backoff with full jitter, bounded by attempts (and by the caller's deadline).
+
+    A request that waits for a rate limiter anyway (a *paced* retry: a 5xx, or a 429 whose stated
+    limit the limiter has already adopted) gets a short jitter instead: the limiter keeps retries
+    within the budget, and a long backoff would only leave the budget unused while other pages
+    wait behind the sleeping one. Connection errors, timeouts, unpaced calls and 429s that state
+    no limit back off exponentially.
+    """
 
     # 8 attempts with full jitter ride out a 10% error rate with a chance of a scope failing of
     # about 1e-8 per request, and a gateway's minute window within the 30 s cap.
     max_attempts: int = 8
+    # Paced retries are cheap for the gateway (they spend the same budget): allow more of them,
+    # so a long 429 storm does not fail pages; the scope deadline still bounds them.
+    max_paced_attempts: int = 16
     base_delay: float = 0.25
     max_delay: float = 30.0
+    paced_delay: float = 0.5
 
-    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+    def delay(
+        self, attempt: int, retry_after: float | None, rng: random.Random, paced: bool = False
+    ) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (attempt counts from 1)."""
-        backoff = rng.uniform(0, min(self.max_delay, self.base_delay * (2 ** (attempt - 1))))
+        if paced:
+            backoff = rng.uniform(0, self.paced_delay)
+        else:
+            backoff = rng.uniform(0, min(self.max_delay, self.base_delay * (2 ** (attempt - 1))))
         if retry_after is not None:
             return max(retry_after, backoff)
         return backoff
+
+
+def is_paced(exc: BaseException, limiter: QuotaLimiter | None) -> bool:
+    """A retry the quota owner's limiter already paces (see :class:`RetryPolicy`)."""
+    if limiter is None or limiter.rate is None or not isinstance(exc, RetryableApiError):
+        return False
+    if exc.status == 429:
+        return stated_rate(exc.message) is not None
+    return exc.status >= 500
 
 
 def parse_error(status: int, body: bytes) -> tuple[str | None, str]:
@@ -199,12 +224,14 @@ class ApiClient:
                 log.info("401 from %s %s: re-authenticating once", request.service, request.path)
                 continue
             except Exception as exc:
-                if not is_retryable(exc) or attempt >= self.retry.max_attempts:
+                paced = is_paced(exc, limiter)
+                limit = self.retry.max_paced_attempts if paced else self.retry.max_attempts
+                if not is_retryable(exc) or attempt >= limit:
                     if limiter is not None:
                         limiter.stats.errors += 1
                     raise
                 retry_after = exc.retry_after if isinstance(exc, ApiError) else None
-                delay = self.retry.delay(attempt, retry_after, self._rng)
+                delay = self.retry.delay(attempt, retry_after, self._rng, paced)
                 if deadline is not None and asyncio.get_running_loop().time() + delay > deadline:
                     if limiter is not None:
                         limiter.stats.errors += 1
