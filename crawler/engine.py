@@ -167,7 +167,13 @@ class Engine:
         def open_scope(scope: Scope) -> ScopeCrawl:
             output = self.sink.open(scope.relpath(tenant.layout), tenant.compression)
             return ScopeCrawl(
-                scope, output, run_id=self.run_id, page_size=tenant.page_size, window=tenant.concurrency
+                scope,
+                output,
+                run_id=self.run_id,
+                page_size=tenant.page_size,
+                # The window is sized in records (concurrency x 1000), not pages: with small pages a
+                # page-count window would starve the workers on the last big scope.
+                window=max(tenant.concurrency, tenant.concurrency * 1000 // tenant.page_size),
             )
 
         scheduler = _TenantScheduler(tenant.scopes, open_scope, max_open=tenant.concurrency)
