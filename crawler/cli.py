@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -26,6 +27,7 @@ from crawler.config import ConfigError, ConfigErrors, TenantConfig, json_schema,
 from crawler.errors import CrawlerError
 from crawler.logs import setup_logging
 from crawler.runner import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE, RunOptions, new_run_id, run_crawl
+from crawler.shard import ShardError, shard_run_from_args
 
 log = logging.getLogger("crawler")
 
@@ -92,7 +94,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(
             "no output directory: give --output DIR (or '-' for stdout), or output.directory in the config"
         )
-    run_id = args.run_id or new_run_id()
+    shard, output, given_run_id = shard_run_from_args(
+        args.shard, args.shards, output, args.run_id, os.environ
+    )
+    run_id = given_run_id or new_run_id()
     setup_logging(args.log_level, args.log_json, run_id)
     options = RunOptions(
         output=output,
@@ -100,7 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress_interval=args.progress_interval,
         manifest_path=Path(args.manifest) if args.manifest else None,
         resume="resume" if args.resume else "fresh" if args.fresh else "auto",
-        run_id_given=args.run_id is not None,
+        run_id_given=given_run_id is not None,
+        shard=shard,
     )
     # The run id is settled once the run state is read (a resumed run keeps its recorded id).
     log.info("%d tenant(s), output %s", len(tenants), output)
@@ -159,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-json", action="store_true", help="JSON-lines logs, each with the run id")
     run.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress lines")
+    run.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="crawl shard K of N (K from 0) into OUTPUT/shard-K-of-N at 1/N of each rate; needs a "
+        "shared --run-id or CBR_CRAWLER_RUN_ID; join the shards with `cbr-crawler merge`",
+    )
+    run.add_argument(
+        "--shards",
+        metavar="N",
+        help="shard count when the index comes from JOB_COMPLETION_INDEX (also env CBR_CRAWLER_SHARDS)",
+    )
     run.set_defaults(func=cmd_run)
 
     plan = sub.add_parser(
@@ -183,6 +200,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", "-c", help="tenant file (default: the packaged config/demo.yaml)")
     demo.set_defaults(func=cmd_demo)
 
+    merge = sub.add_parser(
+        "merge", help="join the manifests of a sharded run's shards into one manifest (and _SUCCESS)"
+    )
+    merge.add_argument(
+        "shards", nargs="+", help="shard directories (shard-K-of-N), or the directory holding them"
+    )
+    merge.add_argument("--output", "-o", help="where the merged manifest goes (default: the shards' parent)")
+    merge.add_argument(
+        "--shards", dest="count", metavar="N", help="expected shard count (also CBR_CRAWLER_SHARDS)"
+    )
+    merge.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for shards missing, still running or interrupted (maybe resumed)",
+    )
+    merge.set_defaults(func=cmd_merge)
+
     # Listed for --help only: main() hands `emulator ...` to the emulator's own parser.
     sub.add_parser("emulator", help="serve the CBR/IAM/EPS emulator on loopback (see: emulator --help)")
     return parser
@@ -194,6 +230,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     tenants = _load(args.config)
     return run_async(lambda: run_plan(tenants))
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from crawler.merge import run_merge
+
+    setup_logging("info")
+    return run_merge(args.shards, args.output, args.count, args.wait, os.environ)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -218,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ConfigErrors) as exc:
         print(f"cbr-crawler: configuration error:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
-    except UsageError as exc:
+    except (UsageError, ShardError) as exc:
         print(f"cbr-crawler: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except CrawlerError as exc:

@@ -45,6 +45,7 @@ from crawler.logs import register_secret
 from crawler.manifest import clear_success, write_manifest
 from crawler.ratelimit import LimiterRegistry, QuotaOwner
 from crawler.scope import Scope, ScopeResult
+from crawler.shard import ShardRun
 from crawler.sink import FileSink, Sink, StdoutSink
 from crawler.state import ResumeMode, RunState, StateError, decide, remove_leftovers
 
@@ -76,6 +77,7 @@ class RunOptions:
     # say so loudly when there is nothing to resume; fresh: always start a new run.
     resume: ResumeMode = "auto"
     run_id_given: bool = False  # --run-id was given: a recorded run under another id is not resumed
+    shard: ShardRun | None = None  # --shard K/N: crawl this shard's scopes at 1/N of each rate
 
 
 @dataclass(slots=True)
@@ -368,7 +370,7 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
         # A marker left by an earlier run must not vouch for what this run is about to rewrite.
         clear_success(root)
     sink: Sink = StdoutSink() if to_stdout else FileSink(root or Path("."))
-    limiters = LimiterRegistry()
+    limiters = options.shard.limiters() if options.shard is not None else LimiterRegistry()
     stats = RunStats()
     engine: Engine | None = None
     failures: list[TenantFailure] = []
@@ -387,6 +389,8 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
         async with make_session(tenants) as session:
             client = ApiClient(session)
             plans, failures = await plan_tenants(tenants, client, limiters)
+            if options.shard is not None:
+                plans = options.shard.select(plans)
             engine = Engine(
                 client,
                 sink,
@@ -414,6 +418,8 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
         "attempt": attempt,
         "scopes_from_checkpoint": len(engine.done) if engine is not None else 0,
     }
+    if options.shard is not None:
+        manifest["shard"] = options.shard.manifest_block()
     manifest_path = options.manifest_path if to_stdout else (root / "manifest.json" if root else None)
     if manifest_path is not None:
         target_root = manifest_path.parent if to_stdout else root
