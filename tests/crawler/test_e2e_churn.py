@@ -12,10 +12,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import run_cli, scope_ids, write_tenant
 
 from crawler.emulator.estate import DomainSpec, EstateSpec
-from crawler.emulator.scenario import ChurnSpec, FaultsSpec, LatencySpec, Scenario
+from crawler.emulator.scenario import (
+    ChurnSpec,
+    FaultSpec,
+    FaultsSpec,
+    IdentitySpec,
+    LatencySpec,
+    Scenario,
+    StormSpec,
+    ThrottleSpec,
+)
 from crawler.emulator.server import EmulatorThread
 
 
@@ -28,9 +38,19 @@ def _view(sets: dict[tuple[str, str, str], set[str]], project_id: str, own_type:
     return out
 
 
+ALL_FAULTS = (
+    FaultSpec(kind="status", status=503, probability=0.05, api="cbr.list_backups"),
+    FaultSpec(kind="status", status=502, probability=0.05, api="cbr.list_backups"),
+    FaultSpec(kind="reset", probability=0.05, api="cbr.list_backups"),
+    FaultSpec(kind="truncate", probability=0.05, api="cbr.list_backups"),
+)
+
+
+@pytest.mark.parametrize("with_faults", [False, True], ids=["churn", "churn-and-every-fault"])
 def test_churn_output_holds_every_backup_that_existed_throughout_once(
-    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
+    with_faults: bool, tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
 ) -> None:
+    faults = ALL_FAULTS if with_faults else ()
     scenario = Scenario(
         seed=41,
         estate=EstateSpec(
@@ -39,7 +59,11 @@ def test_churn_output_holds_every_backup_that_existed_throughout_once(
             domains=(DomainSpec("acme", backups=8000, subprojects=1, shared_fraction=0.1),),
         ),
         churn=ChurnSpec(creates_per_second=40, deletes_per_second=40, tick_seconds=0.1),
-        faults=FaultsSpec(latency=(LatencySpec(api="cbr.list_backups", ms=20),)),
+        faults=FaultsSpec(latency=(LatencySpec(api="cbr.list_backups", ms=20),), faults=faults),
+        throttle=ThrottleSpec(storm=StormSpec(start_seconds=1, duration_seconds=1.5, fraction=0.4))
+        if with_faults
+        else ThrottleSpec(),
+        identity=IdentitySpec(token_ttl_seconds=1.5 if with_faults else 86400.0),
     )
     emu = emulator_factory(scenario)
     config = write_tenant(
