@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -206,3 +207,215 @@ def table(rows: list[tuple[str, str]], title: str) -> str:
     lines = [title, "-" * len(title)]
     lines += [f"{name.ljust(width)}  {value}" for name, value in rows]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Several estates in one emulator process, prewarmed (used by bench.compare)
+
+
+@dataclass(frozen=True)
+class ServedEstate:
+    """An estate for :class:`BenchEmulator`: generated once, then served on one port per scenario.
+
+    ``scenario`` gives the estate and the identity; each of ``variants`` (same estate section) is
+    served on a port of its own over the *same* estate object, e.g. with latency injected, so the
+    page cache warmed once serves every variant. ``prewarm_limit`` fills the page cache with the
+    default-order private pages of that size (:meth:`Estate.prewarm`); ``prewarm_own_types`` instead
+    answers, in the process, the first page of every (project, enterprise project, own_type) query
+    once, which caches both the filtered result and its page.
+    """
+
+    scenario: Any  # crawler.emulator.scenario.Scenario (pydantic models pickle across spawn)
+    variants: tuple[Any, ...] = ()
+    cache_bytes: int = 64 * 2**20
+    prewarm_limit: int | None = None
+    prewarm_own_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProjectInfo:
+    id: str
+    region: str
+    name: str
+    private_backups: int
+
+
+@dataclass(frozen=True)
+class ServedInfo:
+    """What the emulator process reports about one :class:`ServedEstate` once it listens."""
+
+    urls: tuple[str, ...]  # the scenario's, then each variant's
+    backups: int
+    projects: tuple[ProjectInfo, ...]  # every project but MOS, biggest first
+    enterprise_projects: tuple[str, ...]  # ids, the default "0" included
+    generate_seconds: float
+    prewarm_seconds: float
+    prewarmed_records: int  # records held by cached pages after the prewarm
+    cache_mb: float
+    access_key: str
+    secret_key: str = dataclasses.field(repr=False)  # the emulator's own demo key, never printed
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+
+def _prewarm_scopes(estate: Any, own_types: tuple[str, ...]) -> None:
+    """Answer each (project, EP, own_type) first page once, as a crawl with EP discovery asks it."""
+    from multidict import MultiDict
+
+    from crawler.emulator.query import parse_list_backups_query
+
+    queries = [
+        (project.id, MultiDict(own_type=own_type, enterprise_project_id=ep.id, limit="1000", offset="0"))
+        for project in estate.projects.values()
+        if project.name != "MOS"
+        for ep in estate.enterprise_projects[project.domain_id]
+        for own_type in own_types
+    ]
+    # Keep every filtered result (the default LRU holds 64): a miss rescans the whole project.
+    estate.query_cache.capacity = max(estate.query_cache.capacity, 2 * len(queries))
+    for project_id, params in queries:
+        estate.list_backups(project_id, parse_list_backups_query(params))
+
+
+def _fleet_main(jobs: tuple[ServedEstate, ...], conn: Connection) -> None:
+    """Body of the :class:`BenchEmulator` process: generate, prewarm, serve until SIGTERM."""
+    from crawler.emulator.estate import Estate
+    from crawler.emulator.server import EmulatorServer
+
+    prepared: list[tuple[ServedEstate, Any, float, float]] = []
+    for job in jobs:
+        started = time.perf_counter()
+        estate = Estate.generate(job.scenario.estate, cache_bytes=job.cache_bytes)
+        generated = time.perf_counter() - started
+        started = time.perf_counter()
+        if job.prewarm_own_types:
+            _prewarm_scopes(estate, job.prewarm_own_types)
+        elif job.prewarm_limit:
+            estate.prewarm(job.prewarm_limit)
+        prepared.append((job, estate, generated, time.perf_counter() - started))
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        async with contextlib.AsyncExitStack() as stack:
+            infos = []
+            for job, estate, generated, prewarmed in prepared:
+                servers = [
+                    await stack.enter_async_context(EmulatorServer(scenario, estate=estate))
+                    for scenario in (job.scenario, *job.variants)
+                ]
+                admin = next(r for r in servers[0].identity.credentials() if r.principal.name == USER)
+                projects = sorted(
+                    (
+                        ProjectInfo(p.id, p.region, p.name, len(estate.view(p.id, "private")))
+                        for p in estate.projects.values()
+                        if p.name != "MOS"
+                    ),
+                    key=lambda p: -p.private_backups,
+                )
+                eps = tuple(ep.id for eps in estate.enterprise_projects.values() for ep in eps)
+                cached = sum(len(key[1]) for key in estate._pages)  # private on purpose: bench introspection
+                infos.append(
+                    ServedInfo(
+                        urls=tuple(server.url for server in servers),
+                        backups=estate.backup_count,
+                        projects=tuple(projects),
+                        enterprise_projects=eps,
+                        generate_seconds=generated,
+                        prewarm_seconds=prewarmed,
+                        prewarmed_records=cached,
+                        cache_mb=estate._cache_used / 2**20,  # private on purpose: bench introspection
+                        access_key=admin.access_key or "",
+                        secret_key=admin.secret_key or "",
+                    )
+                )
+            conn.send(infos)
+            await stop.wait()
+
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve())
+
+
+class BenchEmulator:
+    """Several prewarmed estates served by one spawned emulator process (context manager).
+
+    ``with BenchEmulator((job_a, job_b)) as (a, b):`` gives one :class:`ServedInfo` per job. The
+    process serves on one core; the client or crawler measured runs on the other.
+    """
+
+    def __init__(self, jobs: tuple[ServedEstate, ...]) -> None:
+        self._jobs = jobs
+        self._process: multiprocessing.process.BaseProcess | None = None
+
+    def __enter__(self) -> list[ServedInfo]:
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe(duplex=False)
+        process = context.Process(target=_fleet_main, args=(self._jobs, child), daemon=True)
+        process.start()
+        self._process = process
+        child.close()
+        try:
+            infos = parent.recv()
+        except EOFError:
+            process.join()
+            raise RuntimeError(f"the emulator process exited with {process.exitcode}") from None
+        if not isinstance(infos, list) or not all(isinstance(i, ServedInfo) for i in infos):
+            raise TypeError(infos)
+        return infos
+
+    def peak_rss_mb(self) -> float:
+        """The emulator process's peak RSS so far (VmHWM)."""
+        if self._process is None or self._process.pid is None:
+            raise RuntimeError("not started")
+        return proc_status_mb(self._process.pid, "VmHWM")
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        process = self._process
+        if process is not None and process.is_alive():
+            process.terminate()
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """A finished child process: exit code, wall seconds, CPU seconds, peak RSS, stderr's tail."""
+
+    code: int
+    wall: float
+    cpu: float
+    peak_rss_mb: float
+    stderr: str
+
+
+def run_child(command: list[str], env: dict[str, str], *, stderr_tail: int = 4000) -> ChildRun:
+    """Run ``command`` and measure exactly that process with ``wait4`` (peak RSS, user+system CPU)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        text = err.read().decode(errors="replace")[-stderr_tail:]
+    return ChildRun(
+        code=process.returncode,
+        wall=wall,
+        cpu=usage.ru_utime + usage.ru_stime,
+        peak_rss_mb=usage.ru_maxrss / 1024,
+        stderr=text,
+    )
