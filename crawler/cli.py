@@ -26,6 +26,7 @@ from crawler import __version__
 from crawler.config import ConfigError, ConfigErrors, TenantConfig, json_schema, load_tenants
 from crawler.errors import CrawlerError
 from crawler.logs import setup_logging
+from crawler.nightly import add_commands, add_run_arguments, after_failed_run, after_run
 from crawler.runner import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE, RunOptions, new_run_id, run_crawl
 from crawler.shard import ShardError, shard_run_from_args
 
@@ -110,8 +111,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     # The run id is settled once the run state is read (a resumed run keeps its recorded id).
     log.info("%d tenant(s), output %s", len(tenants), output)
-    outcome = run_async(lambda: run_crawl(tenants, options))
+    try:
+        outcome = run_async(lambda: run_crawl(tenants, options))
+    except BaseException as exc:
+        # No manifest (the lock is held, the manifest could not be written...): metrics say "failed".
+        after_failed_run(args, EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_INCOMPLETE)
+        raise
     print_summary(outcome.manifest, outcome.manifest_path)
+    after_run(args, outcome.manifest, outcome.manifest_path, outcome.exit_code)  # report, diff, metrics
     return outcome.exit_code
 
 
@@ -176,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="shard count when the index comes from JOB_COMPLETION_INDEX (also env CBR_CRAWLER_SHARDS)",
     )
+    add_run_arguments(run)  # --metrics-file, --pushgateway, --diff-against, --expiring-days
     run.set_defaults(func=cmd_run)
 
     plan = sub.add_parser(
@@ -218,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait up to SECONDS for shards missing, still running or interrupted (maybe resumed)",
     )
     merge.set_defaults(func=cmd_merge)
+    add_commands(sub)  # diff, report
 
     # Listed for --help only: main() hands `emulator ...` to the emulator's own parser.
     sub.add_parser("emulator", help="serve the CBR/IAM/EPS emulator on loopback (see: emulator --help)")

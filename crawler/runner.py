@@ -43,6 +43,7 @@ from crawler.engine import CredentialRefused, Engine, RunStats, TenantPlan
 from crawler.errors import AuthFailedError, CrawlerError
 from crawler.logs import register_secret
 from crawler.manifest import clear_success, write_manifest
+from crawler.progress import run_progress
 from crawler.ratelimit import LimiterRegistry, QuotaOwner
 from crawler.scope import Scope, ScopeResult
 from crawler.shard import ShardRun
@@ -286,12 +287,6 @@ def _build(auth: Any, client: ApiClient, iam: IamEndpoints) -> Any:  # the auth 
     raise CrawlerError(f"unknown auth mode {mode!r}")
 
 
-async def _progress(stats: RunStats, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        log.info("%s", stats.line())
-
-
 async def plan_tenants(
     tenants: Sequence[TenantConfig], client: ApiClient, limiters: LimiterRegistry
 ) -> tuple[list[TenantPlan], list[TenantFailure]]:
@@ -399,7 +394,8 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
                 done=done,
                 on_complete=_checkpointer(state) if state is not None else None,
             )
-            progress = asyncio.create_task(_progress(stats, options.progress_interval))
+            # A bar on a terminal, else a progress line every interval (crawler.progress).
+            progress = asyncio.create_task(run_progress(stats, options.progress_interval))
             await engine.run(plans)
     except asyncio.CancelledError:
         interrupted = True
