@@ -209,22 +209,8 @@ class Engine:
 
     async def _fetch(self, tenant: TenantPlan, crawl: ScopeCrawl, offset: int, state: _TenantState) -> None:
         scope = crawl.scope
-        request = ApiRequest(
-            service="cbr",
-            method="GET",
-            base_url=tenant.cbr_endpoint(scope.region),
-            path=f"/v3/{scope.project_id}/backups",
-            query=crawl.page_query(offset),
-            project_id=scope.project_id,
-        )
         try:
-            response = await self.client.send(
-                request,
-                tenant.auth,
-                tenant.cbr_limiter(scope.region),
-                parse=parse_page,
-                deadline=crawl.started + tenant.scope_deadline,
-            )
+            page = await self._list_backups(tenant, crawl, crawl.page_query(offset))
         except AuthFailedError as exc:
             # The credential itself is refused (after one re-authentication): every other scope
             # of this tenant would fail the same way, so stop spending requests on them.
@@ -238,12 +224,35 @@ class Engine:
         else:
             self.stats.pages += 1
             try:
-                self.stats.records += await crawl.accept(offset, response.data)
+                self.stats.records += await crawl.accept(offset, page)
             except OSError as exc:
                 # A full disk or a vanished directory fails this scope, not the run: what is
                 # already written stays, and the manifest says what happened.
                 if crawl.error is None:
                     crawl.error = CrawlerError(f"cannot write the output of {scope.key}: {exc}")
+
+    async def _list_backups(
+        self, tenant: TenantPlan, crawl: ScopeCrawl, query: list[tuple[str, str]]
+    ) -> Page:
+        """One ListBackups request of a scope: its quota owner's limiter, its deadline, lazy decoding."""
+        scope = crawl.scope
+        request = ApiRequest(
+            service="cbr",
+            method="GET",
+            base_url=tenant.cbr_endpoint(scope.region),
+            path=f"/v3/{scope.project_id}/backups",
+            query=query,
+            project_id=scope.project_id,
+        )
+        response = await self.client.send(
+            request,
+            tenant.auth,
+            tenant.cbr_limiter(scope.region),
+            parse=parse_page,
+            deadline=crawl.started + tenant.scope_deadline,
+        )
+        page: Page = response.data
+        return page
 
     async def _reconcile(self, tenant: TenantPlan, crawl: ScopeCrawl) -> None:
         """Re-read a drifting scope with a sequential marker pass in a stable order.
@@ -257,27 +266,12 @@ class Engine:
             scope.key,
             crawl.result.notes[:2],
         )
-        limiter = tenant.cbr_limiter(scope.region)
         added = pages = 0
         previous_ids: list[str] = []
         marker: str | None = None
         while True:
-            request = ApiRequest(
-                service="cbr",
-                method="GET",
-                base_url=tenant.cbr_endpoint(scope.region),
-                path=f"/v3/{scope.project_id}/backups",
-                query=crawl.marker_query(marker),
-                project_id=scope.project_id,
-            )
             try:
-                response = await self.client.send(
-                    request,
-                    tenant.auth,
-                    limiter,
-                    parse=parse_page,
-                    deadline=crawl.started + tenant.scope_deadline,
-                )
+                page = await self._list_backups(tenant, crawl, crawl.marker_query(marker))
             except ApiError as exc:
                 if exc.status == 400 and marker is not None and previous_ids:
                     marker = previous_ids.pop()  # the marker vanished: step back one record
@@ -289,7 +283,6 @@ class Engine:
                 break
             pages += 1
             self.stats.pages += 1
-            page: Page = response.data
             try:
                 written = await crawl.accept_extra(page)
             except OSError as exc:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import crawler_env, scope_ids, write_tenant
+from conftest import crawler_env, run_cli, scope_ids, write_tenant
 
 from crawler.emulator.estate import DomainSpec, EstateSpec
 from crawler.emulator.scenario import FaultsSpec, IdentitySpec, LatencySpec, Scenario, UserSpec
@@ -45,13 +45,8 @@ def test_forbidden_scope_fails_with_gateway_code_and_request_id_others_complete(
         enterprise_projects={"mode": "ids", "ids": ["0", other_ep]},
     )
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "crawler", "run", "--config", str(config), "--output", str(out)],
-        env=crawler_env(AUDITOR_PW="auditor-pw"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    proc = run_cli(
+        "run", "--config", str(config), "--output", str(out), env=crawler_env(AUDITOR_PW="auditor-pw")
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
@@ -139,14 +134,7 @@ def test_full_disk_fails_scopes_not_the_run(
         emu = emulator_factory(scenario)
         config = write_tenant(tmp_path, emu.url, "acme-prod", "acme", own_types=["private"])
         out = mount_point / "out"
-        proc = subprocess.run(
-            [sys.executable, "-m", "crawler", "run", "--config", str(config), "--output", str(out)],
-            env=crawler_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        proc = run_cli("run", "--config", str(config), "--output", str(out), env=crawler_env())
         assert proc.returncode == 1, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
         assert "No space left on device" in proc.stderr
@@ -191,14 +179,7 @@ def test_persistent_5xx_fails_the_scope_at_its_deadline_with_the_request_id(
         timeouts={"scope": 2.0},
     )
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "crawler", "run", "--config", str(config), "--output", str(out)],
-        env=crawler_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_cli("run", "--config", str(config), "--output", str(out), env=crawler_env())
     assert proc.returncode == 1, proc.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     [scope] = manifest["scopes"]
