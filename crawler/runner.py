@@ -361,9 +361,10 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
     lock = None
     if root is not None:
         lock = RunLock(root)
-        lock.acquire()
+        # File-system calls go to a thread like every other one: the output may be a slow mount.
+        await asyncio.to_thread(lock.acquire)
         # A marker left by an earlier run must not vouch for what this run is about to rewrite.
-        clear_success(root)
+        await asyncio.to_thread(clear_success, root)
     sink: Sink = StdoutSink() if to_stdout else FileSink(root or Path("."))
     limiters = options.shard.limiters() if options.shard is not None else LimiterRegistry()
     stats = RunStats()
