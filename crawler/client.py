@@ -9,6 +9,7 @@ goes stale), and be counted.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,14 @@ USER_AGENT = f"cbr-crawler/{__version__}"
 _RETRYABLE_CODES = frozenset({"APIGW.0308", "APIG.0308", "APIGW.0613", "APIG.0613", "APIGW.0201", "IAM.0012"})
 
 
+@functools.lru_cache(maxsize=256)
+def _host_of(base_url: str) -> str:
+    """The Host header for a base URL (a handful per run: parsed once each)."""
+    url = URL(base_url)
+    assert url.raw_host is not None
+    return url.raw_authority if url.explicit_port else url.raw_host
+
+
 @dataclass(slots=True)
 class ApiRequest:
     """A request before authentication: what to ask, of which service, for which project."""
@@ -54,9 +63,7 @@ class ApiRequest:
 
     @property
     def host(self) -> str:
-        url = URL(self.base_url)
-        assert url.raw_host is not None
-        return url.raw_authority if url.explicit_port else url.raw_host
+        return _host_of(self.base_url)
 
     def url(self) -> URL:
         # The wire query is exactly the canonical query the signer signs, so it is built once here

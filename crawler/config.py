@@ -44,6 +44,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -248,6 +249,7 @@ SERVICES = ("iam", "eps", "cbr")
 # Huawei's API gateway allows 200 requests/s per API and tenant and cannot be raised; a higher
 # rate would only buy 429s.
 GATEWAY_CEILING_RPS = 200.0
+UNLIMITED = "unlimited"  # rate_limit.requests_per_second off the public cloud
 
 # Keys that would hold a secret inline, and the keys to use instead.
 _INLINE_SECRET_KEYS = {
@@ -812,12 +814,39 @@ class RateLimit(_Model):
     """Request pacing per tenant. The default is far below Huawei's 200/s gateway ceiling per API,
     because an inventory shares that budget with everything else the account runs."""
 
-    requests_per_second: Annotated[float, Strict()] = Field(
+    # None is 'unlimited' in the file (mapped below, so that a bad number gets one plain error
+    # instead of one per member of a union); the schema shows editors what the file may say.
+    requests_per_second: Annotated[
+        Annotated[float, Strict(), Field(gt=0, le=GATEWAY_CEILING_RPS)] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "number", "exclusiveMinimum": 0, "maximum": GATEWAY_CEILING_RPS},
+                    {"const": UNLIMITED},
+                ]
+            }
+        ),
+    ] = Field(
         default=10.0,
-        gt=0,
-        le=GATEWAY_CEILING_RPS,
-        description="Steady request rate per credential, service and region (gateway ceiling: 200/s).",
+        description="Steady request rate per credential, service and region (gateway ceiling: 200/s); "
+        "'unlimited' only with endpoints.cbr set (a private cloud's own gateway, the emulator): the "
+        "pacer then only slows down when the gateway throttles.",
     )
+
+    @field_validator("requests_per_second", mode="before")
+    @classmethod
+    def _unlimited(cls, value: Any) -> Any:
+        if value == UNLIMITED:
+            return None
+        if value is None:
+            raise _fail("is empty", f"write a number of requests per second, or '{UNLIMITED}'")
+        return value
+
+    @property
+    def rate(self) -> float | None:
+        """Requests/s for the limiters; None is unlimited."""
+        return self.requests_per_second
+
     concurrency: Annotated[int, Strict()] = Field(
         default=8, ge=1, le=256, description="Requests in flight at most for this tenant."
     )
@@ -1019,6 +1048,23 @@ class TenantConfig(_Model):
                     f"unknown region {region!r}", fix + " (a private cloud must set endpoints)", at=(index,)
                 )
         _unique(value, "region")
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _unlimited_only_off_the_public_cloud(cls, value: RateLimit, info: ValidationInfo) -> RateLimit:
+        # Huawei's public gateway holds every account to 200/s per API; an unlimited crawl there
+        # would only trade the other workloads' budget for 429s. A private cloud or the emulator
+        # (endpoints.cbr set) has its own gateway, whose throttling the pacer still obeys.
+        endpoints = info.data.get("endpoints", ...)
+        if endpoints is ...:
+            return value  # endpoints failed validation: its own error is the one worth reading
+        if value.rate is None and (endpoints is None or endpoints.cbr is None):
+            raise _fail(
+                "'unlimited' is refused on Huawei's public cloud (its gateway allows 200 requests/s per API)",
+                "set a number up to 200, or set endpoints.cbr for a private cloud or the emulator",
+                at=("requests_per_second",),
+            )
         return value
 
     @field_validator("own_types")

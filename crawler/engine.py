@@ -73,28 +73,38 @@ class _TenantScheduler:
         self._open_scope = open_scope
         self._max_open = max_open
         self.open: list[ScopeCrawl] = []
-        self._changed = asyncio.Condition()
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def _take(self) -> tuple[ScopeCrawl, int] | None:
+        # No await in here: on one event loop, taking a job is atomic without a lock.
+        for crawl in self.open:
+            offset = crawl.take_offset()
+            if offset is not None:
+                return crawl, offset
+        if len(self.open) < self._max_open and self._pending:
+            crawl = self._open_scope(self._pending.popleft())
+            self.open.append(crawl)
+            offset = crawl.take_offset()
+            assert offset == 0
+            return crawl, offset
+        return None
 
     async def next_job(self) -> tuple[ScopeCrawl, int] | None:
-        async with self._changed:
-            while True:
-                for crawl in self.open:
-                    offset = crawl.take_offset()
-                    if offset is not None:
-                        return crawl, offset
-                if len(self.open) < self._max_open and self._pending:
-                    crawl = self._open_scope(self._pending.popleft())
-                    self.open.append(crawl)
-                    offset = crawl.take_offset()
-                    assert offset == 0
-                    return crawl, offset
-                if not self.open and not self._pending:
-                    return None
-                await self._changed.wait()
+        while (job := self._take()) is None:
+            if not self.open and not self._pending:
+                return None
+            # Nothing to do until a page or a scope finishes: wait for changed().
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        return job
 
-    async def changed(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def changed(self) -> None:
+        """A job finished: new offsets or scope slots may be free; every idle worker looks again."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def close(self, crawl: ScopeCrawl) -> bool:
         """Take a finished scope out of the open set; True for the one caller that must conclude it."""
@@ -205,7 +215,7 @@ class Engine:
                 if state.credential_error is not None:
                     for scope in scheduler.drain():
                         self._record_unstarted(scope, state.credential_error)
-            await scheduler.changed()
+            scheduler.changed()
 
     async def _fetch(self, tenant: TenantPlan, crawl: ScopeCrawl, offset: int, state: _TenantState) -> None:
         scope = crawl.scope
@@ -339,7 +349,9 @@ class Engine:
             task.add_done_callback(self._checkpoints.discard)
         self.stats.scopes_done += 1
         if result.status == "complete":
-            log.info(
+            # Debug only: an estate has tens of thousands of scopes, the progress lines and the
+            # manifest tell about them; what needs a look (below) stands out.
+            log.debug(
                 "scope complete %s: %d backups in %d pages",
                 result.scope.key,
                 result.records_written,

@@ -21,7 +21,7 @@ backup that existed for the whole crawl, once, and nothing that never existed.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,8 +109,17 @@ def compact_id(backup_id: str) -> str | bytes:
     return backup_id
 
 
+_second_text: tuple[int, str] = (-1, "")  # the last whole second formatted, reused within it
+
+
 def utc_now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now in UTC as ``2026-11-27T21:05:39.123Z`` (called a few times per scope: kept cheap)."""
+    global _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second_text[0]:
+        _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second_text[1]}.{int((now - second) * 1000):03d}Z"
 
 
 class ScopeCrawl:

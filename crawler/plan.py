@@ -37,7 +37,7 @@ async def run_plan(tenants: Sequence[TenantConfig], out: TextIO | None = None) -
             cfg = next(t for t in tenants if t.name == plan.name)
             semaphore = asyncio.Semaphore(plan.concurrency)
             counts = await asyncio.gather(*(_count_of(client, plan, s, semaphore) for s in plan.scopes))
-            rate = cfg.rate_limit.requests_per_second
+            rate = cfg.rate_limit.rate
             total_backups = 0
             total_requests = 0
             print(f"tenant {plan.name}: {len(plan.scopes)} scopes", file=stream)
@@ -50,12 +50,12 @@ async def run_plan(tenants: Sequence[TenantConfig], out: TextIO | None = None) -
                 total_backups += count
                 total_requests += requests
                 print(f"  {scope.key}: {count} backups, {requests} requests", file=stream)
-            seconds = total_requests / rate if rate else 0.0
-            print(
-                f"  total: {total_backups} backups, {total_requests} requests, "
-                f"~{seconds:.1f}s at {rate:g} requests/s",
-                file=stream,
+            pace = (
+                f"~{total_requests / rate:.1f}s at {rate:g} requests/s"
+                if rate is not None
+                else "no rate limit (bound by the gateway's answers)"
             )
+            print(f"  total: {total_backups} backups, {total_requests} requests, {pace}", file=stream)
     return EXIT_INCOMPLETE if failed else EXIT_OK
 
 

@@ -47,7 +47,7 @@ from crawler.progress import run_progress
 from crawler.ratelimit import LimiterRegistry, QuotaOwner
 from crawler.scope import Scope, ScopeResult
 from crawler.shard import ShardRun
-from crawler.sink import FileSink, Sink, StdoutSink
+from crawler.sink import FileSink, Sink, StdoutSink, make_durable
 from crawler.state import ResumeMode, RunState, StateError, decide, remove_leftovers
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class TenantContext:
         self.auth = build_auth(config, client, self.iam())
 
     def _limiter(self, service: str, endpoint: str) -> Any:
-        rate = self.config.rate_limit.requests_per_second
+        rate = self.config.rate_limit.rate
         identity = getattr(self, "auth", None)
         credential = identity.identity if identity is not None else f"tenant:{self.name}"
         return self.limiters.get(QuotaOwner(credential, service, endpoint), rate)
@@ -423,7 +423,7 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
         assert target_root is not None
         try:
             try:
-                await asyncio.to_thread(write_manifest, target_root, manifest)
+                await asyncio.to_thread(_seal, target_root, manifest)
             except OSError as exc:
                 if exc.errno != errno.ENOSPC or state is None or interrupted:
                     raise
@@ -432,7 +432,7 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
                 log.warning("disk full: deleting the run state to make room for the manifest")
                 await state.discard()
                 state = None
-                await asyncio.to_thread(write_manifest, target_root, manifest)
+                await asyncio.to_thread(_seal, target_root, manifest)
         except OSError as exc:
             if state is not None:
                 await state.close()
@@ -517,6 +517,12 @@ async def _resume_or_begin(
         log.info("starting run %s (%s)", options.run_id, decision.reason)
     await state.begin(options.run_id, digest, started)
     return {}
+
+
+def _seal(root: Path, manifest: dict[str, Any]) -> None:
+    """(Blocking) The files the manifest lists made durable, then the manifest that vouches for them."""
+    make_durable(root, [f["path"] for scope in manifest.get("scopes", []) for f in scope.get("files") or []])
+    write_manifest(root, manifest)
 
 
 def _checkpointer(state: RunState) -> Callable[[ScopeResult], Coroutine[Any, Any, None]]:

@@ -49,9 +49,15 @@ QueryValue = str | int | bool
 _SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
 def _encode(text: str) -> str:
     # RFC 3986 unreserved characters stay bare, everything else (UTF-8) is %XX with upper-case hex:
     # exactly `quote(s, safe="~")` as the SDK calls it ("~" is in quote's always-safe set anyway).
+    # Ids, numbers and enum values are nearly all the queries hold: they skip quote() entirely.
+    if _UNRESERVED.fullmatch(text):
+        return text
     return quote(text, safe="~")
 
 

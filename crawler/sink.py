@@ -8,15 +8,25 @@ A file is written as ``NAME.part`` and renamed to ``NAME`` only when its scope c
 (``NAME.partial`` when it did not), so a reader globbing ``*.ndjson`` never sees half a scope, and
 nothing already fetched is thrown away. The sha256 and size in the manifest are those of the bytes
 on disk (after compression).
+
+Durability is a separate, batched step (:func:`make_durable`): files are not fsynced one by one
+when they are renamed. Nothing vouches for a file before it is durable: the run state checkpoints
+completed scopes in batches, each after one :func:`make_durable` of the batch, and the manifest is
+written after one of the whole output. After a power loss a renamed file may thus be short, but
+then no checkpoint and no manifest name it, and the next attempt writes it again. For 20,000 small
+scopes this is one filesystem sync per batch instead of 20,000 fsyncs (a journal commit each).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import gzip
 import hashlib
 import os
 import sys
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,10 +81,12 @@ class _HashingWriter:
 class _FileWriter:
     """Blocking part of a scope file; every method runs in the sink's thread pool."""
 
-    def __init__(self, final: Path, compression: str) -> None:
+    def __init__(self, final: Path, compression: str, made_directories: set[Path]) -> None:
         self.final = final
         self.part = final.with_name(final.name + ".part")
-        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.parent not in made_directories:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            made_directories.add(final.parent)
         self.raw = open(self.part, "wb")  # noqa: SIM115 - closed in finish()/discard()
         self.hashing = _HashingWriter(self.raw)
         self.stream: Any
@@ -95,19 +107,21 @@ class _FileWriter:
     def finish(self, destination: Path) -> tuple[int, str]:
         if self.stream is not self.hashing:
             self.stream.close()  # writes the compressor's trailer through the hashing writer
-        self.raw.flush()
-        os.fsync(self.raw.fileno())
         self.raw.close()
-        # Durable before it is visible under its final name.
+        # Whole before it is visible under its final name (durable later: see make_durable).
         os.replace(self.part, destination)
         return self.hashing.size, self.hashing.sha256.hexdigest()
 
     def discard(self) -> None:
+        # Each step on its own: on a full disk closing flushes and fails again, and the temporary
+        # file must go all the same.
         try:
             if self.stream is not self.hashing:
-                self.stream.close()
+                with contextlib.suppress(OSError):
+                    self.stream.close()
+            with contextlib.suppress(OSError):
+                self.raw.close()
         finally:
-            self.raw.close()
             self.part.unlink(missing_ok=True)
 
 
@@ -129,8 +143,14 @@ class Sink(Protocol):
     async def close(self) -> None: ...
 
 
+# A scope's first lines wait in memory up to this size before its file is opened: most scopes
+# are small, and such a scope then costs one trip to the sink's threads (open, write, close,
+# rename) instead of one per step. Bounded by the open scopes (at most the tenants' concurrency).
+BUFFER_BYTES = 256 * 1024
+
+
 class FileScopeOutput:
-    """One scope's file, opened on first write.
+    """One scope's file, opened once its lines outgrow :data:`BUFFER_BYTES` (or at commit).
 
     A complete scope always gets its file, even an empty one, so that a missing file can never be
     mistaken for a project without backups; a failed scope that fetched nothing leaves none.
@@ -141,40 +161,123 @@ class FileScopeOutput:
         self.compression = compression
         self.relpath = relpath + COMPRESSION_SUFFIX[compression]
         self._writer: _FileWriter | None = None
+        self._buffer: list[bytes] = []
+        self._buffered = 0
         self._broken = False
         self.records = 0
 
-    async def _ensure(self) -> _FileWriter:
-        if self._writer is None:
-            self._writer = await self._sink.run(_FileWriter, self._sink.root / self.relpath, self.compression)
-        return self._writer
+    def _open_with(self, data: bytes) -> _FileWriter:
+        """(Sink thread) Open the file and write ``data``; nothing is left behind if that fails."""
+        writer = _FileWriter(self._sink.root / self.relpath, self.compression, self._sink.made_directories)
+        try:
+            writer.write(data)
+        except BaseException:
+            writer.discard()
+            raise
+        return writer
+
+    def _take_buffer(self) -> bytes:
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        return data
 
     async def write(self, data: bytes, records: int) -> None:
-        writer = await self._ensure()
+        if self._broken:
+            raise OSError(f"{self.relpath}: an earlier write failed")
+        self.records += records
+        if self._writer is None and self._buffered + len(data) <= BUFFER_BYTES:
+            self._buffer.append(data)
+            self._buffered += len(data)
+            return
         try:
-            await self._sink.run(writer.write, data)
+            if self._writer is None:
+                self._buffer.append(data)
+                self._writer = await self._sink.run(self._open_with, self._take_buffer())
+            else:
+                await self._sink.run(self._writer.write, data)
         except OSError:
             # A failed write may have left half a line on disk: the file can't be trusted any more.
             self._broken = True
             raise
-        self.records += records
+
+    def _write_whole(self, destination: Path) -> tuple[int, str]:
+        """(Sink thread) A scope that never outgrew the buffer: its whole file in one go."""
+        writer = self._open_with(self._take_buffer())
+        try:
+            return writer.finish(destination)
+        except BaseException:
+            writer.discard()
+            raise
 
     async def commit(self, complete: bool) -> list[FileRecord]:
         if self._broken:
             await self.discard()
             return []
-        if not complete and self._writer is None:
+        if not complete and self._writer is None and not self._buffer:
             return []  # nothing fetched, nothing to keep
-        writer = await self._ensure()
         relpath = self.relpath if complete else _partial_name(self.relpath)
-        size, digest = await self._sink.run(writer.finish, self._sink.root / relpath)
-        self._writer = None
+        destination = self._sink.root / relpath
+        if self._writer is None:
+            size, digest = await self._sink.run(self._write_whole, destination)
+        else:
+            writer, self._writer = self._writer, None
+            try:
+                size, digest = await self._sink.run(writer.finish, destination)
+            except BaseException:
+                await self._sink.run(writer.discard)
+                raise
         return [FileRecord(relpath, size, digest, self.records)]
 
     async def discard(self) -> None:
+        self._buffer.clear()
+        self._buffered = 0
         if self._writer is not None:
             writer, self._writer = self._writer, None
             await self._sink.run(writer.discard)
+
+
+def _find_syncfs() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    syncfs.argtypes = [ctypes.c_int]
+    syncfs.restype = ctypes.c_int
+    return cast(Callable[[int], int], syncfs)
+
+
+_SYNCFS = _find_syncfs()
+
+
+def make_durable(root: Path, relpaths: Iterable[str]) -> None:
+    """(Blocking) Make files already in place under ``root`` durable, with their directory entries.
+
+    On Linux one ``syncfs(2)`` of the output's filesystem covers any number of files in one journal
+    commit (a file system mounted below ``root`` is not supported as an output). Elsewhere each
+    file and each of their directories is fsynced.
+    """
+    paths = [root / relpath for relpath in relpaths]
+    if not paths:
+        return
+    if _SYNCFS is not None:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _SYNCFS(fd) != 0:
+                errno = ctypes.get_errno()
+                raise OSError(errno, f"syncfs of {root}: {os.strerror(errno)}")
+        finally:
+            os.close(fd)
+        return
+    for path in [*paths, *sorted({p.parent for p in paths})]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _partial_name(relpath: str) -> str:
@@ -192,6 +295,9 @@ class FileSink:
         self.root = root
         self.compression = compression
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sink")
+        # Directories known to exist (scopes share them): one mkdir each, not one per file. Only
+        # ever added to, from the pool's threads; a set's add and lookup are atomic.
+        self.made_directories: set[Path] = set()
 
     async def run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

@@ -1,16 +1,16 @@
 """Run state: the checkpoint that lets a killed run be continued without losing or repeating a scope.
 
 The state lives next to the output it describes, in ``OUTPUT/.cbr-crawler/state.sqlite`` (SQLite,
-WAL journal, ``synchronous=FULL``, one committed transaction per scope). It holds one run row (run
+WAL journal, ``synchronous=FULL``, completed scopes committed in small batches). It holds one run row (run
 id, config digest, start time, attempts, and whether the run finished) and one row per completed
 scope with its full manifest entry (:meth:`ScopeResult.as_dict`: status, counts, files with size
 and sha256).
 
-Ordering that matters: a scope is recorded only *after* its file has been fsynced and renamed to
-its final name (:class:`crawler.sink.FileSink` does that before the engine reports the scope), and
-:meth:`RunState.record` fsyncs the file's directory, so the rename itself is durable, before the
-row is committed. Output is durable before the checkpoint says done: a crash between the two
-leaves a complete file the state does not know, which the next attempt simply fetches again.
+Ordering that matters: a scope is recorded only *after* its file has been renamed to its final
+name (:class:`crawler.sink.FileSink` does that before the engine reports the scope), and each batch
+of records is committed only after :func:`crawler.sink.make_durable` made the batch's files and
+their directory entries durable. Output is durable before the checkpoint says done: a crash
+between the two leaves a file the state does not know, which the next attempt simply fetches again.
 
 SQLite calls block, so :class:`RunState` runs every one of them on a dedicated single thread
 (which also owns the connection); :class:`StateDB` is the blocking core, usable on its own.
@@ -39,9 +39,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import os
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from crawler.scope import Scope, ScopeResult
+from crawler.sink import make_durable
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +189,21 @@ class StateDB:
 
     def record(self, key: str, result: Mapping[str, Any]) -> None:
         """Record a completed scope (durable when this returns). Replaces an earlier record."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO scope (key, result, recorded_at) VALUES (?, ?, ?)",
-            (key, orjson.dumps(result).decode(), _now_iso()),
-        )
+        self.record_many([(key, result)])
+
+    def record_many(self, entries: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Record completed scopes in one transaction (durable when this returns)."""
+        now = _now_iso()
+        rows = [(key, orjson.dumps(result).decode(), now) for key, result in entries]
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO scope (key, result, recorded_at) VALUES (?, ?, ?)", rows
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def forget(self, keys: Iterable[str]) -> None:
         self._db.executemany("DELETE FROM scope WHERE key = ?", [(k,) for k in keys])
@@ -304,17 +315,6 @@ def remove_leftovers(root: Path) -> list[Path]:
     return removed
 
 
-def _fsync_directories(root: Path, entry: Mapping[str, Any]) -> None:
-    # The sink fsyncs each file before renaming it; the rename lives in the directory, which must
-    # reach the disk too before the checkpoint can say the file is there.
-    for directory in sorted({(root / f["path"]).parent for f in entry.get("files") or []}):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class RunState:
     """The run's checkpoint for async code: every SQLite call runs on one dedicated thread."""
 
@@ -323,6 +323,9 @@ class RunState:
         self._db = db
         self._executor = executor
         self.run: RunRecord | None = None
+        self._waiting: list[tuple[str, dict[str, Any]]] = []  # completed scopes for the next batch
+        self._next_batch: asyncio.Future[None] | None = None  # done when _waiting is durable
+        self._writer: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, root: Path) -> tuple[RunState, str | None]:
@@ -370,14 +373,45 @@ class RunState:
         return kept
 
     async def record(self, result: ScopeResult) -> None:
-        """Checkpoint a completed scope. Call only once its files are renamed (see the module docstring)."""
-        entry = result.as_dict()
+        """Checkpoint a completed scope. Call only once its files are renamed (see the module docstring).
 
-        def write() -> None:
-            _fsync_directories(self.root, entry)  # output durable before the checkpoint says done
-            self._db.record(result.scope.key, entry)
+        Group commit: while one batch is being written, scopes completing meanwhile queue up and go
+        in the next one: one make_durable of their files, then one transaction. Each caller returns
+        when its own scope is durable (or gets that batch's error). Thousands of tiny scopes then
+        cost a few dozen commits, not one fsync-heavy trip each; big scopes still get one each.
+        """
+        loop = asyncio.get_running_loop()
+        self._waiting.append((result.scope.key, result.as_dict()))
+        if self._next_batch is None:
+            self._next_batch = loop.create_future()
+        batch_done = self._next_batch
+        if self._writer is None:
+            self._writer = loop.create_task(self._write_batches(), name="state:checkpoints")
+        await asyncio.shield(batch_done)
 
-        await self._call(write)
+    async def _write_batches(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                done, self._next_batch = self._next_batch, None
+                assert done is not None
+                try:
+                    await self._call(self._write_batch, batch)
+                except asyncio.CancelledError:
+                    done.cancel()
+                    raise
+                except Exception as exc:
+                    done.set_exception(exc)
+                    done.exception()  # retrieved here: a caller may have been interrupted meanwhile
+                else:
+                    done.set_result(None)
+        finally:
+            self._writer = None
+
+    def _write_batch(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        # Output durable before the checkpoint says done.
+        make_durable(self.root, [f["path"] for _, entry in batch for f in entry.get("files") or []])
+        self._db.record_many(batch)
 
     async def finish(self, status: str) -> None:
         await self._call(self._db.finish, status)

@@ -1000,3 +1000,24 @@ def test_explicit_nulls_mean_unset() -> None:
     assert tenant.endpoint("cbr", "cn-north-4") == "http://h:1"
     text = BASE.replace("  password_env: CBR_PW\n", "  password_env: CBR_PW\n  password_file: null\n")
     assert config_digest([parse(text)]) == config_digest([parse(BASE)])
+
+
+def test_unlimited_rate_is_for_private_clouds_and_the_emulator_only() -> None:
+    private = parse(
+        BASE + "endpoints:\n  cbr: http://127.0.0.1:8080\nrate_limit:\n  requests_per_second: unlimited\n"
+    )
+    assert private.rate_limit.rate is None
+    error = only_error(lambda: parse(BASE + "rate_limit:\n  requests_per_second: unlimited\n"))
+    assert str(error) == (
+        "t.yaml:9: rate_limit.requests_per_second: 'unlimited' is refused on Huawei's public cloud "
+        "(its gateway allows 200 requests/s per API) (fix: set a number up to 200, or set "
+        "endpoints.cbr for a private cloud or the emulator)"
+    )
+    error = only_error(lambda: parse(BASE + "rate_limit:\n  requests_per_second:\n"))
+    assert str(error) == (
+        "t.yaml:9: rate_limit.requests_per_second: is empty "
+        "(fix: write a number of requests per second, or 'unlimited')"
+    )
+    assert parse(BASE + "rate_limit:\n  requests_per_second: 25\n").rate_limit.rate == 25.0
+    rate_schema = json_schema()["$defs"]["RateLimit"]["properties"]["requests_per_second"]
+    assert {"const": "unlimited"} in rate_schema["anyOf"]

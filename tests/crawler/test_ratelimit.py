@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from crawler.ratelimit import STATED_MARGIN, QuotaLimiter, QuotaOwner, stated_rate
@@ -55,3 +57,37 @@ async def test_retuning_keeps_one_bucket_so_there_is_no_burst() -> None:
     limiter.on_throttled("throttled")
     assert limiter._limiter is inner
     assert inner is not None and not inner.has_capacity(), "the request just made still counts"
+
+
+async def test_pacing_absorbs_one_interval_of_lateness_and_never_bursts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a frozen clock (in intervals of 1/rate): a late request does not push back the ones after it,
+    and no instant ever admits more than the bucket holds."""
+    clock = [0.0]
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(loop, "time", lambda: clock[0] / 10.0)
+    limiter = QuotaLimiter(OWNER, 10.0)
+    inner = limiter._limiter
+    assert inner is not None
+
+    def admits_now() -> bool:
+        return inner.has_capacity()
+
+    await limiter.acquire()  # t=0: the cold start takes the whole bucket
+    assert not admits_now(), "no burst on a cold start"
+    clock[0] = 1.5  # the second request comes half an interval late...
+    assert admits_now()
+    await limiter.acquire()
+    assert not admits_now(), "...and is alone"
+    clock[0] = 2.0  # ...yet the third keeps its slot: the lateness was absorbed, not lost
+    assert admits_now()
+    await limiter.acquire()
+    clock[0] = 2.9
+    assert not admits_now()
+    clock[0] = 3.0
+    await limiter.acquire()
+    clock[0] = 100.0  # after a long idle spell the bucket holds two, never more
+    await limiter.acquire()
+    await limiter.acquire()
+    assert not admits_now()

@@ -10,7 +10,7 @@ import pytest
 import zstandard
 
 from crawler.manifest import SUCCESS, clear_success, write_manifest
-from crawler.sink import FileSink
+from crawler.sink import BUFFER_BYTES, FileSink
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
@@ -18,9 +18,12 @@ async def test_commit_renames_and_hashes_the_bytes_on_disk(tmp_path: Path, compr
     sink = FileSink(tmp_path, compression)
     out = sink.open("acme/cn-north-4/p1/backups.private.no-ep.ndjson")
     await out.write(b'{"id":"a"}\n', 1)
-    await out.write(b'{"id":"b"}\n', 1)
+    assert not list(tmp_path.rglob("*")), "small scopes wait in memory: one trip to disk at commit"
+    big = b'{"id":"b","pad":"' + b"x" * BUFFER_BYTES + b'"}\n'
+    await out.write(big, 1)
     part_files = list(tmp_path.rglob("*.part"))
     assert len(part_files) == 1, "written under a temporary name until the scope completes"
+    await out.write(b'{"id":"c"}\n', 1)
     [record] = await out.commit(complete=True)
     await sink.close()
 
@@ -29,14 +32,14 @@ async def test_commit_renames_and_hashes_the_bytes_on_disk(tmp_path: Path, compr
     raw = path.read_bytes()
     assert record.size == len(raw)
     assert record.sha256 == hashlib.sha256(raw).hexdigest()
-    assert record.records == 2
+    assert record.records == 3
     if compression == "gzip":
         assert path.name.endswith(".ndjson.gz")
         raw = gzip.decompress(raw)
     elif compression == "zstd":
         assert path.name.endswith(".ndjson.zst")
         raw = zstandard.ZstdDecompressor().stream_reader(raw).read()
-    assert raw == b'{"id":"a"}\n{"id":"b"}\n'
+    assert raw == b'{"id":"a"}\n' + big + b'{"id":"c"}\n'
 
 
 async def test_gzip_output_is_reproducible(tmp_path: Path) -> None:
@@ -77,3 +80,17 @@ def test_success_marker_only_for_complete_runs(tmp_path: Path) -> None:
     write_manifest(tmp_path, {"status": "partial"})
     assert not (tmp_path / SUCCESS).exists()
     assert (tmp_path / "manifest.json").read_bytes().startswith(b"{")
+
+
+async def test_a_failed_write_leaves_no_file_and_fails_every_later_write(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path, "none")
+    (tmp_path / "t").write_text("a file where the scope's directory should be")
+    out = sink.open("t/backups.ndjson")
+    await out.write(b'{"id":"a"}\n', 1)  # buffered: the problem shows on the first trip to disk
+    with pytest.raises(OSError):
+        await out.write(b"x" * BUFFER_BYTES, 1)
+    with pytest.raises(OSError):
+        await out.write(b'{"id":"b"}\n', 1)
+    assert await out.commit(complete=True) == []
+    await sink.close()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["t"]

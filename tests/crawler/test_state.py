@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,4 +202,45 @@ async def test_run_state_checkpoints_and_forgets_scopes_whose_files_are_gone(tmp
     assert state.run is not None and state.run.attempts == 2 and state.run.finished
     # The scope whose file vanished was forgotten, so nothing vouches for it any more.
     assert await state.completed_scopes() == {kept.scope.key: done[kept.scope.key]}
+    await state.close()
+
+
+async def test_scopes_completing_together_are_checkpointed_in_few_transactions(tmp_path: Path) -> None:
+    state, _ = await RunState.open(tmp_path)
+    await state.begin("run-1", DIGEST, "t0")
+    results = [_result(tmp_path, f"p{n}") for n in range(200)]
+    transactions: list[int] = []
+    record_many = state._db.record_many
+    state._db.record_many = lambda batch: (transactions.append(len(batch)), record_many(batch))[1]  # type: ignore[method-assign]
+    await asyncio.gather(*(state.record(r) for r in results))
+    assert sum(transactions) == 200
+    assert len(transactions) < 10, transactions
+    await state.close()
+
+    state, _ = await RunState.open(tmp_path)
+    await state.resume()
+    assert sorted(await state.completed_scopes()) == sorted(r.scope.key for r in results)
+    await state.close()
+
+
+async def test_a_failed_checkpoint_batch_reaches_every_scope_in_it(tmp_path: Path) -> None:
+    state, _ = await RunState.open(tmp_path)
+    await state.begin("run-1", DIGEST, "t0")
+    results = [_result(tmp_path, f"p{n}") for n in range(3)]
+    record_many = state._db.record_many
+    failures = [sqlite3.OperationalError("disk I/O error")]
+
+    def failing_once(batch: Any) -> None:
+        if failures:
+            raise failures.pop()
+        record_many(batch)
+
+    state._db.record_many = failing_once  # type: ignore[method-assign]
+    outcomes = await asyncio.gather(*(state.record(r) for r in results), return_exceptions=True)
+    assert outcomes == [outcomes[0]] * 3 and isinstance(outcomes[0], sqlite3.OperationalError)
+    await state.record(results[0])  # later batches are written as usual
+    await state.close()
+    state, _ = await RunState.open(tmp_path)
+    await state.resume()
+    assert list(await state.completed_scopes()) == [results[0].scope.key]
     await state.close()
