@@ -237,6 +237,8 @@ class ScopeCrawl:
 
     def _encode(self, page: Page) -> tuple[bytes, int]:
         """NDJSON lines for the records not seen before in this scope, and how many."""
+        if not page.records:
+            return b"", 0  # most scopes of a big estate are empty: nothing to stamp
         provenance = {**self._provenance, "fetched_at": utc_now_iso()}
         # The record is written byte for byte as the API sent it; provenance goes under one added
         # key, spliced in before the record's closing brace (serialised once per page).
