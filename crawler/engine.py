@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crawler.client import ApiClient, ApiRequest, Authenticator
+from crawler.dedupe import SPILL_AT
 from crawler.errors import ApiError, AuthFailedError, CrawlerError
 from crawler.paging import Page, ScopeCrawl, parse_page
 from crawler.ratelimit import QuotaLimiter
@@ -133,9 +134,11 @@ class Engine:
         stats: RunStats | None = None,
         done: Mapping[str, ScopeResult] | None = None,
         on_complete: Callable[[ScopeResult], Coroutine[Any, Any, None]] | None = None,
+        spill_at: int = SPILL_AT,
     ) -> None:
         """``done``: scopes an earlier attempt of this run completed (by key), reported, not fetched.
-        ``on_complete``: awaited for each scope that completes, once its files are committed."""
+        ``on_complete``: awaited for each scope that completes, once its files are committed.
+        ``spill_at``: scopes counting more backups keep only recent ids in memory (crawler.dedupe)."""
         self.client = client
         self.sink = sink
         self.run_id = run_id
@@ -143,6 +146,7 @@ class Engine:
         self.results: list[ScopeResult] = []
         self.done: Mapping[str, ScopeResult] = done or {}
         self._on_complete = on_complete
+        self.spill_at = spill_at
         self._checkpoints: set[asyncio.Task[None]] = set()
 
     async def run(self, tenants: list[TenantPlan]) -> list[ScopeResult]:
@@ -184,6 +188,7 @@ class Engine:
                 # The window is sized in records (concurrency x 1000), not pages: with small pages a
                 # page-count window would starve the workers on the last big scope.
                 window=max(tenant.concurrency, tenant.concurrency * 1000 // tenant.page_size),
+                spill_at=self.spill_at,
             )
 
         scheduler = _TenantScheduler(tenant.scopes, open_scope, max_open=tenant.concurrency)
@@ -198,6 +203,7 @@ class Engine:
             # Interrupted: scopes still open are dropped whole (their temporary files removed), so
             # the output holds only complete scopes; the next run fetches the others again.
             for crawl in list(scheduler.open):
+                crawl.release()
                 await asyncio.shield(crawl.output.discard())
             raise
 
@@ -209,6 +215,7 @@ class Engine:
             else:
                 await self._fetch(tenant, crawl, offset, state)
             if scheduler.close(crawl):
+                await crawl.verify()
                 if crawl.needs_reconciliation() and state.credential_error is None:
                     await self._reconcile(tenant, crawl)
                 await self._conclude(crawl)
@@ -276,6 +283,7 @@ class Engine:
             scope.key,
             crawl.result.notes[:2],
         )
+        method = await crawl.begin_reconciliation()
         added = pages = 0
         previous_ids: list[str] = []
         marker: str | None = None
@@ -301,18 +309,21 @@ class Engine:
             added += written
             self.stats.records += written
             if len(page.ids) < crawl.page_size:
+                distinct = await crawl.verify()
                 crawl.result.reconciliation = {
-                    "method": "marker pass, sort created_at:asc,id:asc",
+                    "method": method,
                     "pages": pages,
                     "added": added,
                     "count_at_end": page.count,
-                    "complete": True,
+                    "complete": distinct,
                 }
+                if not distinct:
+                    crawl.error = CrawlerError(f"{scope.key}: the marker pass returned a backup twice")
                 return
             previous_ids = page.ids[:-1]
             marker = page.ids[-1]
         crawl.result.reconciliation = {
-            "method": "marker pass",
+            "method": method,
             "pages": pages,
             "added": added,
             "complete": False,

@@ -21,6 +21,7 @@ backup that existed for the whole crawl, once, and nothing that never existed.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from crawler.dedupe import SPILL_AT, ScopeIds
 from crawler.errors import BadResponseError
 from crawler.scope import Scope, ScopeResult
 from crawler.sink import ScopeOutput
@@ -133,6 +135,7 @@ class ScopeCrawl:
         run_id: str,
         page_size: int,
         window: int,
+        spill_at: int = SPILL_AT,
     ) -> None:
         self.scope = scope
         self.output = output
@@ -149,7 +152,11 @@ class ScopeCrawl:
             "own_type": scope.own_type,
             "run_id": run_id,
         }
-        self._ids: set[str | bytes] = set()
+        # Decided at the first page, from its count (crawler.dedupe). Only an output that can be
+        # rewritten may spill: reconciling a spilled scope rewrites it (see begin_reconciliation).
+        self._ids: ScopeIds | None = None
+        self._spill_at = spill_at if getattr(output, "rewritable", False) else sys.maxsize
+        self._far_repeat = False
         self.total: int | None = None  # count from the first page
         self._next_offset = 0  # next offset to hand out
         self._flush_offset = 0  # next offset to write
@@ -209,6 +216,7 @@ class ScopeCrawl:
             self.total = count
             self.result.count = count
             self._next_offset = self.page_size
+            self._ids = ScopeIds(count, self.page_size, self._spill_at)
             # An empty scope, or one answered in a single page, is done after this page.
         if count != self.total:
             self._note(f"count changed from {self.total} to {count} at offset {offset}")
@@ -217,6 +225,8 @@ class ScopeCrawl:
             self._note(f"short page at offset {offset}: {len(page.records)} of {expected} records")
         # Encoded at once so that only bytes wait here for a slower page.
         self._buffered[offset] = self._encode(page)
+        assert self._ids is not None
+        await self._ids.flush()
         return await self._flush()
 
     async def _flush(self) -> int:
@@ -245,13 +255,12 @@ class ScopeCrawl:
         tail = b',"' + PROVENANCE_KEY.encode() + b'":' + orjson.dumps(provenance) + b"}\n"
         clashing = set(page.clashing)
         ids = self._ids
+        assert ids is not None
         lines = []
         for index, (raw, backup_id) in enumerate(zip(page.records, page.ids, strict=True)):
-            key = compact_id(backup_id)
-            if key in ids:
+            if not ids.add(compact_id(backup_id)):
                 self.result.duplicates += 1
                 continue
-            ids.add(key)
             if index in clashing:
                 # Never seen from the API, but the output must stay valid JSON with one such key.
                 record = orjson.loads(raw)
@@ -259,6 +268,7 @@ class ScopeCrawl:
                 lines.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
             else:
                 lines.append(raw[:-1] + tail)
+        ids.end_page()
         return b"".join(lines), len(lines)
 
     # -- reconciliation -----------------------------------------------------------------------
@@ -270,10 +280,39 @@ class ScopeCrawl:
         result = self.result
         return bool(
             result.last_count != self.total
-            or len(self._ids) != self.total
+            or self._ids is None
+            or self._ids.count != self.total
+            or self._far_repeat
             or result.duplicates
             or any(note.startswith(("short page", "count changed")) for note in result.notes)
         )
+
+    async def verify(self) -> bool:
+        """At the end of a pass: prove the ids written distinct (a spilled scope reads its ids back).
+
+        False when a backup was repeated beyond the pages kept in memory: the offset pass then
+        needs reconciliation like any drift.
+        """
+        if self._ids is None or self.error is not None or await self._ids.verify():
+            return True
+        self._far_repeat = True
+        self._note("a backup repeated beyond the recent pages (a large shift during paging)")
+        return False
+
+    async def begin_reconciliation(self) -> str:
+        """Before the marker pass; returns how the pass combines with what is written.
+
+        A scope whose ids are all in memory keeps its lines and appends the ids it has not written
+        yet. A spilled scope cannot tell every written id from a new one, so its output is
+        discarded and the marker pass writes the whole scope again, from fresh ids.
+        """
+        if self._ids is None or not self._ids.spilled:
+            return "marker pass, sort created_at:asc,id:asc"
+        self._ids.close()
+        self._ids = ScopeIds(self.total or 0, self.page_size, self._spill_at)
+        await self.output.discard()
+        self.result.records_written = 0
+        return "marker pass, sort created_at:asc,id:asc, scope rewritten"
 
     def marker_query(self, marker: str | None) -> list[tuple[str, str]]:
         query = [*self.scope.query(), ("limit", str(self.page_size)), ("sort", RECONCILE_SORT)]
@@ -287,6 +326,8 @@ class ScopeCrawl:
         self.result.last_count = page.count
         before_dupes = self.result.duplicates
         data, written = self._encode(page)
+        assert self._ids is not None
+        await self._ids.flush()
         # Repeats are the point of this pass, not a symptom: don't count them as duplicates.
         self.result.duplicates = before_dupes
         if written:
@@ -298,10 +339,15 @@ class ScopeCrawl:
         if len(self.result.notes) < 20:
             self.result.notes.append(note)
 
+    def release(self) -> None:
+        """Free the ids (and their spill file) of a scope given up without a result."""
+        if self._ids is not None:
+            self._ids.close()
+
     def conclude(self) -> ScopeResult:
         """Decide the scope's status (call once, when finished)."""
         result = self.result
-        result.unique_ids = len(self._ids)
+        result.unique_ids = self._ids.count if self._ids is not None else 0
         result.finished_at = utc_now_iso()
         if self.error is not None:
             result.status = "partial" if result.records_written else "failed"
@@ -319,5 +365,5 @@ class ScopeCrawl:
                 f"received {result.unique_ids} unique backups, the API counted {result.count} "
                 f"(last page said {result.last_count})"
             )
-        self._ids = set()  # release memory as soon as the scope is done
+        self.release()  # memory (and the spill file) freed as soon as the scope is done
         return result

@@ -38,6 +38,7 @@ from crawler.auth import (
 )
 from crawler.client import ApiClient, ApiRequest, Authenticator
 from crawler.config import ConfigError, TenantConfig, config_digest
+from crawler.dedupe import spill_threshold
 from crawler.discovery import discover_enterprise_projects, discover_projects
 from crawler.engine import CredentialRefused, Engine, RunStats, TenantPlan
 from crawler.errors import AuthFailedError, CrawlerError
@@ -354,6 +355,7 @@ def make_session(tenants: Sequence[TenantConfig]) -> aiohttp.ClientSession:
 
 async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> RunOutcome:
     """Crawl every tenant; write files and the manifest; decide the exit code."""
+    spill_at = spill_threshold()  # a bad $CBR_CRAWLER_SPILL_AT fails before anything is touched
     started = _now_iso()
     t0 = time.monotonic()
     to_stdout = options.output == "-"
@@ -394,6 +396,7 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
                 stats=stats,
                 done=done,
                 on_complete=_checkpointer(state) if state is not None else None,
+                spill_at=spill_at,
             )
             # A bar on a terminal, else a progress line every interval (crawler.progress).
             progress = asyncio.create_task(run_progress(stats, options.progress_interval))

@@ -166,6 +166,9 @@ class FileScopeOutput:
         self._broken = False
         self.records = 0
 
+    # A scope may discard what it wrote and write it again (crawler.paging's rewritten reconciliation).
+    rewritable = True
+
     def _open_with(self, data: bytes) -> _FileWriter:
         """(Sink thread) Open the file and write ``data``; nothing is left behind if that fails."""
         writer = _FileWriter(self._sink.root / self.relpath, self.compression, self._sink.made_directories)
@@ -230,8 +233,10 @@ class FileScopeOutput:
         return [FileRecord(relpath, size, digest, self.records)]
 
     async def discard(self) -> None:
+        """Drop what was written; the output may be written afresh after this."""
         self._buffer.clear()
         self._buffered = 0
+        self.records = 0
         if self._writer is not None:
             writer, self._writer = self._writer, None
             await self._sink.run(writer.discard)

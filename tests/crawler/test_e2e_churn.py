@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, scope_ids, write_tenant
+from conftest import crawler_env, run_cli, scope_ids, write_tenant
 
 from crawler.emulator.estate import DomainSpec, EstateSpec
 from crawler.emulator.scenario import (
@@ -46,10 +46,16 @@ ALL_FAULTS = (
 )
 
 
-@pytest.mark.parametrize("with_faults", [False, True], ids=["churn", "churn-and-every-fault"])
+@pytest.mark.parametrize(
+    ("with_faults", "spilled"),
+    [(False, False), (True, False), (False, True)],
+    ids=["churn", "churn-and-every-fault", "churn-ids-spilled"],
+)
 def test_churn_output_holds_every_backup_that_existed_throughout_once(
-    with_faults: bool, tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
+    with_faults: bool, spilled: bool, tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
 ) -> None:
+    """``spilled``: every scope keeps only its recent pages' ids in memory (crawler.dedupe), so a
+    drifting scope is rewritten by its marker pass instead of appended to."""
     faults = ALL_FAULTS if with_faults else ()
     scenario = Scenario(
         seed=41,
@@ -79,7 +85,8 @@ def test_churn_output_holds_every_backup_that_existed_throughout_once(
     out = tmp_path / "out"
 
     t0 = time.monotonic()
-    proc = run_cli("run", "--config", str(config), "--output", str(out))
+    env = dict(crawler_env(), CBR_CRAWLER_SPILL_AT="0") if spilled else None
+    proc = run_cli("run", "--config", str(config), "--output", str(out), env=env)
     t1 = time.monotonic()
 
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -99,5 +106,7 @@ def test_churn_output_holds_every_backup_that_existed_throughout_once(
         if scope["reconciliation"] is not None:
             reconciled += 1
             assert scope["reconciliation"]["complete"] is True
+            assert scope["reconciliation"]["method"].endswith("scope rewritten") == spilled
+            assert scope["records_written"] == len(ids)
     assert reconciled > 0, "churn at this rate must make some scope drift"
     assert "reconciling with a marker pass" in proc.stderr

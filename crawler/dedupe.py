@@ -1,0 +1,175 @@
+"""The backup ids a scope has written: exact de-duplication with memory bounded for big scopes.
+
+Offset paging over a live set repeats a record when backups created meanwhile push it from one page
+into the next, so every id is checked against the ids already written. Keeping them all in a set
+costs ~100 bytes per id: 190 MB for a project of 1.9M backups, the one thing that grew a crawl's
+memory with the estate. So a scope whose first page counts more than :data:`SPILL_AT` backups keeps
+in memory only the ids of its last :data:`RECENT_PAGES` pages (where a repeat lands: next to where
+it was first seen), and appends every id to an anonymous temporary file (18 bytes per UUID, in
+``$TMPDIR``; ``$CBR_CRAWLER_SPILL_AT`` moves the threshold). When the scope ends,
+:meth:`ScopeIds.verify` reads that file back in buckets of bounded size and proves the ids distinct.
+A repeat that landed further away than the recent pages (a shift of thousands of backups during one
+scope) is then found there: the caller re-reads the scope with a marker pass, as for any drift.
+Either way the count of distinct ids is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import zlib
+from collections import deque
+from collections.abc import Iterator, Mapping
+from typing import IO
+
+from crawler.errors import CrawlerError
+
+SPILL_AT = 32_768  # ids: a scope counting more keeps only its recent pages' ids in memory (~3 MB)
+RECENT_PAGES = 16  # pages of ids kept in memory in spill mode (a repeat lands next to its first page)
+BUCKET_IDS = 65_536  # ids per bucket when verifying (a set of that many: ~6 MB)
+_LENGTH = 2  # bytes of the length prefix of each spilled id
+
+SPILL_AT_ENV = "CBR_CRAWLER_SPILL_AT"  # overrides SPILL_AT: memory against temporary disk
+
+Key = str | bytes
+
+
+def spill_threshold(environ: Mapping[str, str] = os.environ) -> int:
+    """:data:`SPILL_AT`, or the whole number in ``$CBR_CRAWLER_SPILL_AT``."""
+    text = environ.get(SPILL_AT_ENV)
+    if text is None or not text.strip():
+        return SPILL_AT
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise CrawlerError(
+            f"{SPILL_AT_ENV}={text!r}: expected a whole number of backup ids (default {SPILL_AT})"
+        )
+    return value
+
+
+def _as_bytes(key: Key) -> bytes:
+    return key if isinstance(key, bytes) else b"s" + key.encode()  # "s": never equal to a 16-byte UUID key
+
+
+class ScopeIds:
+    """The ids written in one scope (use one per pass: a marker pass starts a fresh one)."""
+
+    def __init__(self, expected: int, page_size: int, spill_at: int = SPILL_AT) -> None:
+        self.spilled = expected > spill_at
+        self.count = 0  # ids added (distinct, once verify() has said so in spill mode)
+        self._seen: set[Key] = set()
+        self._recent: deque[list[Key]] = deque()
+        self._recent_ids = 0
+        self._recent_limit = RECENT_PAGES * max(1, page_size)
+        self._page: list[Key] = []
+        self._file: IO[bytes] | None = None
+        self._unwritten: list[bytes] = []
+        self._flushing = asyncio.Lock()
+
+    def add(self, key: Key) -> bool:
+        """True if ``key`` is new (and now recorded), False if it was written already."""
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        self.count += 1
+        if self.spilled:
+            self._page.append(key)
+        return True
+
+    def end_page(self) -> None:
+        """A page's ids are all added: in spill mode, queue them for the file, forget old pages."""
+        if not self.spilled or not self._page:
+            return
+        page, self._page = self._page, []
+        self._unwritten.append(b"".join(len(b).to_bytes(_LENGTH, "big") + b for b in map(_as_bytes, page)))
+        self._recent.append(page)
+        self._recent_ids += len(page)
+        while self._recent_ids > self._recent_limit and len(self._recent) > 1:
+            old = self._recent.popleft()
+            self._recent_ids -= len(old)
+            self._seen.difference_update(old)
+
+    async def flush(self) -> None:
+        """Append the queued ids to the spill file (in a thread: it is a file write)."""
+        if not self._unwritten:
+            return
+        async with self._flushing:  # pages arrive concurrently; one appender creates the file
+            if self._unwritten:
+                data, self._unwritten = b"".join(self._unwritten), []
+                await asyncio.to_thread(self._append, data)
+
+    def _append(self, data: bytes) -> None:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="cbr-crawler-ids-")  # noqa: SIM115 - closed in close()
+        self._file.write(data)
+
+    async def verify(self) -> bool:
+        """True if every id added was distinct (always, unless spilled and a repeat was missed)."""
+        if not self.spilled:
+            return True
+        await self.flush()
+        if self._file is None:
+            return True
+        return await asyncio.to_thread(_distinct, self._file, self.count)
+
+    def close(self) -> None:
+        self._seen = set()
+        self._recent.clear()
+        self._unwritten = []
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _records(file: IO[bytes]) -> Iterator[bytes]:
+    file.flush()
+    file.seek(0)
+    rest = b""
+    while chunk := file.read(1 << 20):
+        data = rest + chunk
+        at = 0
+        while at + _LENGTH <= len(data):
+            end = at + _LENGTH + int.from_bytes(data[at : at + _LENGTH], "big")
+            if end > len(data):
+                break
+            yield data[at + _LENGTH : end]
+            at = end
+        rest = data[at:]
+
+
+def _distinct(file: IO[bytes], count: int) -> bool:
+    """(Blocking) Are the ids in ``file`` distinct? Hash-partitioned into buckets of bounded size."""
+    buckets = max(1, -(-count // BUCKET_IDS))
+    if buckets == 1:
+        seen: set[bytes] = set()
+        for key in _records(file):
+            if key in seen:
+                return False
+            seen.add(key)
+        return True
+    with contextlib.ExitStack() as files:
+        parts = [
+            files.enter_context(tempfile.TemporaryFile(prefix="cbr-crawler-ids-")) for _ in range(buckets)
+        ]
+        pending: list[list[bytes]] = [[] for _ in range(buckets)]
+        for key in _records(file):
+            index = zlib.crc32(key) % buckets
+            bucket = pending[index]
+            bucket.append(len(key).to_bytes(_LENGTH, "big") + key)
+            if len(bucket) >= 4096:
+                parts[index].write(b"".join(bucket))
+                bucket.clear()
+        for part, bucket in zip(parts, pending, strict=True):
+            part.write(b"".join(bucket))
+        for part in parts:
+            seen = set()
+            for key in _records(part):
+                if key in seen:
+                    return False
+                seen.add(key)
+        return True

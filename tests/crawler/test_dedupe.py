@@ -1,0 +1,72 @@
+"""Exact de-duplication of a scope's ids, with memory bounded once a scope spills (crawler.dedupe)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from crawler import dedupe
+from crawler.dedupe import RECENT_PAGES, ScopeIds, spill_threshold
+from crawler.errors import CrawlerError
+from crawler.paging import compact_id
+
+PAGE = 10
+
+
+def _keys(n: int) -> list[str | bytes]:
+    return [compact_id(str(uuid.UUID(int=i + 1, version=4))) for i in range(n)]
+
+
+def _add_pages(ids: ScopeIds, keys: list[str | bytes]) -> list[bool]:
+    added = []
+    for at in range(0, len(keys), PAGE):
+        added += [ids.add(k) for k in keys[at : at + PAGE]]
+        ids.end_page()
+    return added
+
+
+async def test_below_the_threshold_every_id_stays_in_memory_and_repeats_are_caught() -> None:
+    keys = _keys(100)
+    ids = ScopeIds(expected=100, page_size=PAGE, spill_at=100)
+    assert not ids.spilled
+    assert all(_add_pages(ids, keys))
+    assert not any(_add_pages(ids, keys[:5]))
+    assert ids.count == 100 and await ids.verify()
+    ids.close()
+
+
+async def test_a_spilled_scope_keeps_recent_pages_in_memory_and_proves_the_rest_distinct() -> None:
+    keys = _keys(RECENT_PAGES * PAGE * 5)
+    ids = ScopeIds(expected=len(keys), page_size=PAGE, spill_at=0)
+    assert ids.spilled
+    assert all(_add_pages(ids, keys))
+    await ids.flush()
+    assert len(ids._seen) <= RECENT_PAGES * PAGE, "memory holds the recent pages only"
+    assert not ids.add(keys[-1]), "a repeat next to its first page is caught at once"
+    assert await ids.verify()
+    assert ids.count == len(keys)
+    ids.close()
+
+
+@pytest.mark.parametrize("bucket_ids", [1_000_000, 7], ids=["one-bucket", "many-buckets"])
+async def test_a_repeat_far_beyond_the_recent_pages_is_found_by_verify(
+    bucket_ids: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dedupe, "BUCKET_IDS", bucket_ids)
+    keys = _keys(RECENT_PAGES * PAGE * 3)
+    keys.append("not-a-uuid-id")  # ids that are not UUIDs spill too
+    ids = ScopeIds(expected=len(keys), page_size=PAGE, spill_at=0)
+    assert all(_add_pages(ids, keys))
+    assert await ids.verify()
+    assert ids.add(keys[0]), "too far back to be in memory..."
+    ids.end_page()
+    assert not await ids.verify(), "...but the spilled ids prove it a repeat"
+    ids.close()
+
+
+def test_the_spill_threshold_comes_from_the_environment_or_the_default() -> None:
+    assert spill_threshold({}) == dedupe.SPILL_AT
+    assert spill_threshold({"CBR_CRAWLER_SPILL_AT": "0"}) == 0
+    with pytest.raises(CrawlerError, match="CBR_CRAWLER_SPILL_AT='lots': expected a whole number"):
+        spill_threshold({"CBR_CRAWLER_SPILL_AT": "lots"})
