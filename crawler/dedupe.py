@@ -28,7 +28,8 @@ from crawler.errors import CrawlerError
 
 SPILL_AT = 32_768  # ids: a scope counting more keeps only its recent pages' ids in memory (~3 MB)
 RECENT_PAGES = 16  # pages of ids kept in memory in spill mode (a repeat lands next to its first page)
-BUCKET_IDS = 65_536  # ids per bucket when verifying (a set of that many: ~6 MB)
+BUCKET_IDS = 32_768  # ids per bucket when verifying (a set of that many: ~3 MB)
+_BUCKET_BATCH = 256  # ids gathered per bucket before they are written to its file
 _LENGTH = 2  # bytes of the length prefix of each spilled id
 
 SPILL_AT_ENV = "CBR_CRAWLER_SPILL_AT"  # overrides SPILL_AT: memory against temporary disk
@@ -104,9 +105,15 @@ class ScopeIds:
                 await asyncio.to_thread(self._append, data)
 
     def _append(self, data: bytes) -> None:
-        if self._file is None:
-            self._file = tempfile.TemporaryFile(prefix="cbr-crawler-ids-")  # noqa: SIM115 - closed in close()
-        self._file.write(data)
+        try:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix="cbr-crawler-ids-")  # noqa: SIM115 - closed in close()
+            self._file.write(data)
+        except OSError as exc:
+            # Say which file: the scope's own output is fine, its spilled ids are not.
+            raise OSError(
+                exc.errno, f"the temporary file of its backup ids in {tempfile.gettempdir()}: {exc.strerror}"
+            ) from exc
 
     async def verify(self) -> bool:
         """True if every id added was distinct (always, unless spilled and a repeat was missed)."""
@@ -122,8 +129,9 @@ class ScopeIds:
         self._recent.clear()
         self._unwritten = []
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):  # closing flushes; a full disk must not stop a discard
+                file.close()
 
 
 def _records(file: IO[bytes]) -> Iterator[bytes]:
@@ -161,7 +169,7 @@ def _distinct(file: IO[bytes], count: int) -> bool:
             index = zlib.crc32(key) % buckets
             bucket = pending[index]
             bucket.append(len(key).to_bytes(_LENGTH, "big") + key)
-            if len(bucket) >= 4096:
+            if len(bucket) >= _BUCKET_BATCH:
                 parts[index].write(b"".join(bucket))
                 bucket.clear()
         for part, bucket in zip(parts, pending, strict=True):

@@ -6,16 +6,18 @@ lowest page not yet written: pages are written in offset order, so a slow page h
 ``window`` finished ones in memory.
 
 Records are de-duplicated by id within the scope (offset paging over a live set repeats records
-when new backups push older ones down). A scope is complete only when the unique ids received
-match ``count``, on the first page and on the last.
+when new backups push older ones down; :mod:`crawler.dedupe` keeps the ids, in bounded memory for
+big scopes). A scope is complete only when the unique ids received match ``count``, on the first
+page and on the last.
 
 Offset paging over a live set also *skips* records: a backup deleted (expired) in front of the
 current offset shifts every later one up by one. When the offset pass shows drift (the count
 changed, a page came back short, records repeated, or the unique ids differ from the count), the
 scope is reconciled with a sequential marker pass in a stable order (``created_at:asc,id:asc``):
 deletions cannot shift a marker, and new backups sort last, so every backup that exists for the
-whole pass is seen. New ids are appended, already-written ones dropped, so the output holds every
-backup that existed for the whole crawl, once, and nothing that never existed.
+whole pass is seen. New ids are appended, already-written ones dropped (a scope whose ids spilled
+out of memory is written afresh by the marker pass instead), so the output holds every backup that
+existed for the whole crawl, once, and nothing that never existed.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import msgspec
 import orjson
 
 from crawler.dedupe import SPILL_AT, ScopeIds
-from crawler.errors import BadResponseError
+from crawler.errors import BadResponseError, CrawlerError
 from crawler.scope import Scope, ScopeResult
 from crawler.sink import ScopeOutput
 
@@ -293,7 +295,14 @@ class ScopeCrawl:
         False when a backup was repeated beyond the pages kept in memory: the offset pass then
         needs reconciliation like any drift.
         """
-        if self._ids is None or self.error is not None or await self._ids.verify():
+        if self._ids is None or self.error is not None:
+            return True
+        try:
+            if await self._ids.verify():
+                return True
+        except OSError as exc:
+            # The scope's ids cannot be proven distinct: it is not complete, whatever its counts.
+            self.error = CrawlerError(f"cannot check the backup ids of {self.scope.key}: {exc}")
             return True
         self._far_repeat = True
         self._note("a backup repeated beyond the recent pages (a large shift during paging)")

@@ -153,6 +153,40 @@ def test_full_disk_fails_scopes_not_the_run(
         subprocess.run(["umount", str(mount_point)], check=False)
 
 
+def test_a_full_temporary_directory_fails_the_scopes_that_spill_their_ids_and_says_so(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
+) -> None:
+    # One page of tmpfs: enough for tempfile to accept the directory, not for thousands of ids.
+    mount_point = tmp_path / "tinytmp"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(mount_point)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        import pytest
+
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr!r}")
+    try:
+        scenario = Scenario(seed=6, estate=EstateSpec(seed=6, domains=(DomainSpec("acme", backups=3000),)))
+        emu = emulator_factory(scenario)
+        config = write_tenant(tmp_path, emu.url, "acme-prod", "acme", own_types=["private"])
+        out = tmp_path / "out"
+        env = dict(crawler_env(), TMPDIR=str(mount_point), CBR_CRAWLER_SPILL_AT="0")
+        proc = run_cli("run", "--config", str(config), "--output", str(out), env=env)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        assert (
+            f"the temporary file of its backup ids in {mount_point}: No space left on device" in proc.stderr
+        )
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["status"] == "incomplete"
+        failed = [s for s in manifest["scopes"] if s["status"] != "complete"]
+        assert failed and all(s["count"] for s in failed), "only scopes with backups spill"
+        assert not list(out.rglob("*.part"))
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
 def test_persistent_5xx_fails_the_scope_at_its_deadline_with_the_request_id(
     tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
 ) -> None:
