@@ -73,11 +73,18 @@ class _TenantScheduler:
         self._pending: deque[Scope] = deque(scopes)
         self._open_scope = open_scope
         self._max_open = max_open
+        # Pages in flight or waiting for a slower one, over all open scopes: twice the workers.
+        # Each scope's own window bounds its reordering; this bounds the tenant's memory, which
+        # would otherwise grow with how many big scopes happen to be open at once.
+        self._page_budget = 2 * max_open
         self.open: list[ScopeCrawl] = []
         self._waiters: list[asyncio.Future[None]] = []
 
     def _take(self) -> tuple[ScopeCrawl, int] | None:
-        # No await in here: on one event loop, taking a job is atomic without a lock.
+        # No await in here: on one event loop, taking a job is atomic without a lock. A page held
+        # back always waits for a lower one already in flight, so the budget cannot deadlock.
+        if sum(crawl.held_pages for crawl in self.open) >= self._page_budget:
+            return None
         for crawl in self.open:
             offset = crawl.take_offset()
             if offset is not None:

@@ -189,6 +189,11 @@ class ScopeCrawl:
         self._in_flight += 1
         return offset
 
+    @property
+    def held_pages(self) -> int:
+        """Pages this scope holds in memory or has in flight (the scheduler's budget counts them)."""
+        return self._in_flight + len(self._buffered)
+
     def page_query(self, offset: int) -> list[tuple[str, str]]:
         return [*self.scope.query(), ("limit", str(self.page_size)), ("offset", str(offset))]
 
