@@ -400,22 +400,30 @@ class ChildRun:
 
 
 def run_child(command: list[str], env: dict[str, str], *, stderr_tail: int = 4000) -> ChildRun:
-    """Run ``command`` and measure exactly that process with ``wait4`` (peak RSS, user+system CPU)."""
+    """Run ``python -m MODULE ARGS`` and measure exactly that process: user+system CPU from ``wait4``,
+    peak RSS from its own ``VmHWM`` (:mod:`bench._peak_rss` says why not ``wait4``'s)."""
     import subprocess
     import tempfile
 
-    with tempfile.TemporaryFile() as err:
+    python, dash_m, *rest = command
+    if dash_m != "-m":
+        raise ValueError(f"run_child runs 'python -m MODULE ...', not {command!r}")
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as err:
+        peak_file = os.path.join(tmp, "peak")
+        wrapped = [python, "-m", "bench._peak_rss", peak_file, *rest]
         started = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        process = subprocess.Popen(wrapped, env=env, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         text = err.read().decode(errors="replace")[-stderr_tail:]
+        with open(peak_file) as fh:
+            peak_kib = int(fh.read())
     return ChildRun(
         code=process.returncode,
         wall=wall,
         cpu=usage.ru_utime + usage.ru_stime,
-        peak_rss_mb=usage.ru_maxrss / 1024,
+        peak_rss_mb=peak_kib / 1024,
         stderr=text,
     )

@@ -2,7 +2,8 @@
 
 The emulator runs in a spawned process (its memory is not counted); the crawler runs as a user
 runs it, ``python -m crawler run --config <tenant.yaml> --output <dir>``, in its own process whose
-peak RSS, wall time and CPU seconds come from ``wait4``::
+peak RSS (its own ``VmHWM``, see :mod:`bench._peak_rss`), wall time and CPU seconds (``wait4``) are
+measured::
 
     .venv/bin/python -m bench.crawl_memory [--backups 1000000] [--compression none]
 
@@ -14,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import orjson
 import yaml
 
-from bench._support import DOMAIN, PASSWORD, USER, EmulatorProcess, table
+from bench._support import DOMAIN, PASSWORD, USER, ChildRun, EmulatorProcess, run_child, table
 
 LIMIT_MB = 200
 PASSWORD_ENV = "CBR_BENCH_PASSWORD"
@@ -49,22 +48,13 @@ def write_tenant(directory: Path, url: str, args: argparse.Namespace) -> Path:
     return path
 
 
-def run_crawler(config: Path, output: Path, traced: bool) -> tuple[int, float, Any, str]:
-    """Run the crawler process; returns (exit status, wall seconds, its rusage, stderr tail)."""
+def run_crawler(config: Path, output: Path, traced: bool) -> ChildRun:
+    """Run the crawler process, measured by :func:`bench._support.run_child` (its own peak RSS)."""
     module = "bench._traced_crawl" if traced else "crawler"
     env = dict(os.environ, **{PASSWORD_ENV: PASSWORD})
     command = [sys.executable, "-m", module, "run", "--config", str(config), "--output", str(output)]
-    with tempfile.TemporaryFile() as stderr:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-        # wait4 reports the rusage of exactly this child (peak RSS, user and system CPU).
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        stderr.seek(0)
-        text = stderr.read().decode(errors="replace")
-        tail = text if traced else text[-4000:]  # the allocation report is long
-    return process.returncode, wall, usage, tail
+    # The allocation report of --tracemalloc is long: keep all of it.
+    return run_child(command, env, stderr_tail=1 << 20 if traced else 4000)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         output = Path(args.keep) if args.keep else work / "out"
         config = write_tenant(work, info.url, args)
-        code, wall, usage, stderr = run_crawler(config, output, args.tracemalloc)
+        child = run_crawler(config, output, args.tracemalloc)
+        code, wall, stderr = child.code, child.wall, child.stderr
         emulator_peak = emulator.peak_rss_mb()
         manifest_path = output / "manifest.json"
         manifest = orjson.loads(manifest_path.read_bytes()) if manifest_path.exists() else {}
@@ -92,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     scopes = manifest.get("scopes", [])
     records = sum(int(scope.get("records_written", 0)) for scope in scopes)
-    peak_mb = usage.ru_maxrss / 1024  # KiB on Linux
-    cpu = usage.ru_utime + usage.ru_stime
+    peak_mb = child.peak_rss_mb
+    cpu = child.cpu
     complete = manifest.get("status") == "complete" and records == info.backups
     rows = [
         (
@@ -108,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("manifest status", f"{manifest.get('status')} ({len(scopes)} scopes)"),
         ("records written", f"{records:,} (expected {info.backups:,}: {'OK' if complete else 'MISMATCH'})"),
         ("wall time", f"{wall:.1f} s"),
-        ("crawler CPU", f"{cpu:.1f} s (user {usage.ru_utime:.1f} + system {usage.ru_stime:.1f})"),
+        ("crawler CPU", f"{cpu:.1f} s (user + system)"),
         (
             "records/s",
             f"{records / wall:,.0f} (wall), {records / max(cpu, 1e-9):,.0f} per crawler CPU second",
