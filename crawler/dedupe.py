@@ -5,7 +5,7 @@ into the next, so every id is checked against the ids already written. Keeping t
 costs ~100 bytes per id: 190 MB for a project of 1.9M backups, the one thing that grew a crawl's
 memory with the estate. So a scope whose first page counts more than :data:`SPILL_AT` backups keeps
 in memory only the ids of its last :data:`RECENT_PAGES` pages (where a repeat lands: next to where
-it was first seen), and appends every id to an anonymous temporary file (18 bytes per UUID, in
+it was first seen), and appends every id to an anonymous temporary file (19 bytes per UUID, in
 ``$TMPDIR``; ``$CBR_CRAWLER_SPILL_AT`` moves the threshold). When the scope ends,
 :meth:`ScopeIds.verify` reads that file back in buckets of bounded size and proves the ids distinct.
 A repeat that landed further away than the recent pages (a shift of thousands of backups during one
@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import tempfile
+import threading
 import zlib
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -29,6 +30,7 @@ from crawler.errors import CrawlerError
 SPILL_AT = 32_768  # ids: a scope counting more keeps only its recent pages' ids in memory (~3 MB)
 RECENT_PAGES = 16  # pages of ids kept in memory in spill mode (a repeat lands next to its first page)
 BUCKET_IDS = 32_768  # ids per bucket when verifying (a set of that many: ~3 MB)
+MAX_BUCKETS = 128  # temporary files open at once while verifying
 _BUCKET_BATCH = 256  # ids gathered per bucket before they are written to its file
 _LENGTH = 2  # bytes of the length prefix of each spilled id
 
@@ -54,7 +56,8 @@ def spill_threshold(environ: Mapping[str, str] = os.environ) -> int:
 
 
 def _as_bytes(key: Key) -> bytes:
-    return key if isinstance(key, bytes) else b"s" + key.encode()  # "s": never equal to a 16-byte UUID key
+    # Tagged, so that no string id can equal a UUID key: "u" + 16 bytes, or "s" + the id's UTF-8.
+    return b"u" + key if isinstance(key, bytes) else b"s" + key.encode()
 
 
 class ScopeIds:
@@ -70,7 +73,12 @@ class ScopeIds:
         self._page: list[Key] = []
         self._file: IO[bytes] | None = None
         self._unwritten: list[bytes] = []
+        # One appender at a time, and verify() waits for it: the file is whole when it is read.
         self._flushing = asyncio.Lock()
+        # close() may come while an append runs in its thread (a scope given up): it then waits for
+        # that one write, and later appends are dropped instead of hitting a closed file.
+        self._file_lock = threading.Lock()
+        self._closed = False
 
     def add(self, key: Key) -> bool:
         """True if ``key`` is new (and now recorded), False if it was written already."""
@@ -97,14 +105,22 @@ class ScopeIds:
 
     async def flush(self) -> None:
         """Append the queued ids to the spill file (in a thread: it is a file write)."""
-        if not self._unwritten:
+        if not self.spilled:
             return
-        async with self._flushing:  # pages arrive concurrently; one appender creates the file
-            if self._unwritten:
-                data, self._unwritten = b"".join(self._unwritten), []
-                await asyncio.to_thread(self._append, data)
+        async with self._flushing:  # also waits for an append another page started
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
+        if self._unwritten:
+            data, self._unwritten = b"".join(self._unwritten), []
+            await asyncio.to_thread(self._append, data)
 
     def _append(self, data: bytes) -> None:
+        with self._file_lock:
+            if not self._closed:
+                self._append_locked(data)
+
+    def _append_locked(self, data: bytes) -> None:
         try:
             if self._file is None:
                 self._file = tempfile.TemporaryFile(prefix="cbr-crawler-ids-")  # noqa: SIM115 - closed in close()
@@ -119,17 +135,20 @@ class ScopeIds:
         """True if every id added was distinct (always, unless spilled and a repeat was missed)."""
         if not self.spilled:
             return True
-        await self.flush()
-        if self._file is None:
-            return True
-        return await asyncio.to_thread(_distinct, self._file, self.count)
+        async with self._flushing:  # no append may run while the file is read back
+            await self._flush_locked()
+            if self._file is None:
+                return True
+            return await asyncio.to_thread(_distinct, self._file, self.count)
 
     def close(self) -> None:
         self._seen = set()
         self._recent.clear()
         self._unwritten = []
-        if self._file is not None:
+        with self._file_lock:
+            self._closed = True
             file, self._file = self._file, None
+        if file is not None:
             with contextlib.suppress(OSError):  # closing flushes; a full disk must not stop a discard
                 file.close()
 
@@ -152,7 +171,8 @@ def _records(file: IO[bytes]) -> Iterator[bytes]:
 
 def _distinct(file: IO[bytes], count: int) -> bool:
     """(Blocking) Are the ids in ``file`` distinct? Hash-partitioned into buckets of bounded size."""
-    buckets = max(1, -(-count // BUCKET_IDS))
+    # At most MAX_BUCKETS files open at once; past that, buckets hold more than BUCKET_IDS ids.
+    buckets = min(MAX_BUCKETS, max(1, -(-count // BUCKET_IDS)))
     if buckets == 1:
         seen: set[bytes] = set()
         for key in _records(file):

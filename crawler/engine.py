@@ -290,7 +290,11 @@ class Engine:
             scope.key,
             crawl.result.notes[:2],
         )
-        method = await crawl.begin_reconciliation()
+        try:
+            method = await crawl.begin_reconciliation()
+        except OSError as exc:
+            crawl.error = CrawlerError(f"cannot rewrite the output of {scope.key}: {exc}")
+            return
         added = pages = 0
         previous_ids: list[str] = []
         marker: str | None = None

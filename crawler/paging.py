@@ -371,6 +371,13 @@ class ScopeCrawl:
         elif result.reconciliation is not None and result.reconciliation.get("complete"):
             # The marker pass saw every backup that existed while it ran; all of them are written.
             result.status = "complete"
+        elif self._far_repeat:
+            # Spilled ids proved a backup written twice and no marker pass re-read the scope: its
+            # line count says nothing about how many distinct backups it holds.
+            result.status = "partial"
+            result.error = (
+                "a backup was written twice (a large shift during paging) and the scope was not re-read"
+            )
         elif result.unique_ids == result.count and result.last_count == result.count:
             result.status = "complete"
         else:

@@ -34,14 +34,30 @@ _STATED = re.compile(r"limit:\s*(\d+)\s*,\s*time:\s*(\d+)\s*(second|minute|hour|
 _UNIT_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 
 
-def stated_rate(message: str) -> float | None:
-    """Requests/s allowed by an ``APIGW.0308`` message, or None when it states no limit."""
+def stated_limit(message: str) -> tuple[int, float] | None:
+    """(requests, window seconds) stated by an ``APIGW.0308`` message, or None."""
     match = _STATED.search(message)
     if match is None:
         return None
     limit, amount, unit = int(match.group(1)), int(match.group(2)), match.group(3).lower()
     window = amount * _UNIT_SECONDS[unit]
-    return limit / window if window > 0 and limit > 0 else None
+    return (limit, window) if window > 0 and limit > 0 else None
+
+
+def stated_rate(message: str) -> float | None:
+    """Requests/s allowed by an ``APIGW.0308`` message, or None when it states no limit."""
+    stated = stated_limit(message)
+    return None if stated is None else stated[0] / stated[1]
+
+
+def safe_rate(limit: int, window: float) -> float:
+    """The pace that keeps every window under a stated limit: 90% of it, and room for the bucket.
+
+    The pacer may send ``rate * window + BUCKET`` requests in a window (see the module docstring);
+    for small limits (5 per second) that matters more than the 10% margin.
+    """
+    room = (limit - BUCKET) / window if limit > 2 * BUCKET else limit / window / 2
+    return min(STATED_MARGIN * limit / window, room)
 
 
 BUCKET = 2  # requests the pacer's bucket holds: one in hand plus one interval of lateness absorbed
@@ -136,9 +152,9 @@ class QuotaLimiter:
 
     def on_throttled(self, message: str) -> None:
         """A 429: believe a stated limit at once, else halve the rate (multiplicative decrease)."""
-        stated = stated_rate(message)
+        stated = stated_limit(message)
         if stated is not None:
-            target = stated * STATED_MARGIN
+            target = safe_rate(*stated)
             self.ceiling = target if self.ceiling is None else min(self.ceiling, target)
             if self.rate is None or target < self.rate:
                 self._set_rate(target)

@@ -98,12 +98,12 @@ def _page(ids: list[str], count: int) -> Any:
     return parse_page(orjson.dumps({"count": count, "backups": [{"id": i} for i in ids]}), None)
 
 
-async def test_a_far_repeat_in_a_spilled_scope_sends_it_to_a_rewriting_marker_pass() -> None:
+async def _far_repeat(out: _Rewritable) -> tuple[ScopeCrawl, list[str]]:
+    """A spilled scope whose last page repeats its very first id and so misses one."""
     from crawler.dedupe import RECENT_PAGES
 
     pages = RECENT_PAGES + 3
     ids = [f"id-{n:04d}" for n in range(2 * pages)]
-    out = _Rewritable()
     crawl = ScopeCrawl(SCOPE, out, run_id="r3", page_size=2, window=pages, spill_at=0)
     offsets = [crawl.take_offset()]
     await crawl.accept(0, _page(ids[:2], len(ids)))
@@ -111,10 +111,23 @@ async def test_a_far_repeat_in_a_spilled_scope_sends_it_to_a_rewriting_marker_pa
     assert offsets == list(range(0, 2 * pages, 2))
     for offset in offsets[1:-1]:
         await crawl.accept(offset, _page(ids[offset : offset + 2], len(ids)))
-    # The last page repeats the very first id (a shift far beyond the pages kept in memory) and
-    # so misses one: the counts still agree, only the spilled ids tell.
+    # A shift far beyond the pages kept in memory: the counts still agree, only the spilled ids tell.
     await crawl.accept(offsets[-1], _page([ids[0], ids[-1]], len(ids)))
     assert crawl.finished and crawl.result.duplicates == 0
+    return crawl, ids
+
+
+async def test_a_far_repeat_never_reads_complete_even_when_no_marker_pass_follows() -> None:
+    crawl, ids = await _far_repeat(_Rewritable())
+    assert not await crawl.verify()
+    result = crawl.conclude()
+    assert result.unique_ids == len(ids), "lines written: the counts agree..."
+    assert result.status == "partial" and "written twice" in (result.error or "")
+
+
+async def test_a_far_repeat_in_a_spilled_scope_sends_it_to_a_rewriting_marker_pass() -> None:
+    out = _Rewritable()
+    crawl, ids = await _far_repeat(out)
     assert not await crawl.verify()
     assert crawl.needs_reconciliation()
     assert (await crawl.begin_reconciliation()).endswith("scope rewritten")

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from crawler.ratelimit import STATED_MARGIN, QuotaLimiter, QuotaOwner, stated_rate
+from crawler.ratelimit import STATED_MARGIN, QuotaLimiter, QuotaOwner, safe_rate, stated_rate
 
 OWNER = QuotaOwner("user:u@d", "cbr", "https://cbr.cn-north-4.myhuaweicloud.com")
 STATED = "The throttling threshold has been reached: policy user over ratelimit,limit:{limit},time:{time}"
@@ -91,3 +91,15 @@ async def test_pacing_absorbs_one_interval_of_lateness_and_never_bursts(
     await limiter.acquire()
     await limiter.acquire()
     assert not admits_now()
+
+
+@pytest.mark.parametrize(
+    ("limit", "window", "rate"),
+    [(600, 60.0, 9.0), (200, 1.0, 180.0), (10, 1.0, 8.0), (5, 1.0, 3.0), (4, 1.0, 2.0)],
+)
+def test_a_stated_limit_leaves_room_for_the_bucket_even_when_small(
+    limit: int, window: float, rate: float
+) -> None:
+    """At most rate * window + 2 requests go out in a window: that must stay under the stated limit."""
+    assert safe_rate(limit, window) == pytest.approx(rate)
+    assert safe_rate(limit, window) * window + 2 <= limit
