@@ -5,9 +5,11 @@ into the next, so every id is checked against the ids already written. Keeping t
 costs ~100 bytes per id: 190 MB for a project of 1.9M backups, the one thing that grew a crawl's
 memory with the estate. So a scope whose first page counts more than :data:`SPILL_AT` backups keeps
 in memory only the ids of its last :data:`RECENT_PAGES` pages (where a repeat lands: next to where
-it was first seen), and appends every id to an anonymous temporary file (19 bytes per UUID, in
-``$TMPDIR``; ``$CBR_CRAWLER_SPILL_AT`` moves the threshold). When the scope ends,
-:meth:`ScopeIds.verify` reads that file back in buckets of bounded size and proves the ids distinct.
+it was first seen), and appends every id to an anonymous temporary file (a 34-byte line per UUID,
+in ``$TMPDIR``; ``$CBR_CRAWLER_SPILL_AT`` moves the threshold). When the scope ends,
+:meth:`ScopeIds.verify` proves the ids in that file distinct: ``sort -u`` counts them in a child
+process, in bounded memory and off the GIL (without ``sort``, Python does it in a thread, in hash
+buckets of bounded size).
 A repeat that landed further away than the recent pages (a shift of thousands of backups during one
 scope) is then found there: the caller re-reads the scope with a marker pass, as for any drift.
 Either way the count of distinct ids is exact.
@@ -16,8 +18,11 @@ Either way the count of distinct ids is exact.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 import threading
 import zlib
@@ -32,7 +37,7 @@ RECENT_PAGES = 16  # pages of ids kept in memory in spill mode (a repeat lands n
 BUCKET_IDS = 32_768  # ids per bucket when verifying (a set of that many: ~3 MB)
 MAX_BUCKETS = 128  # temporary files open at once while verifying
 _BUCKET_BATCH = 256  # ids gathered per bucket before they are written to its file
-_LENGTH = 2  # bytes of the length prefix of each spilled id
+_SORT = shutil.which("sort")  # coreutils (or BSD) sort verifies spilled ids off the GIL; else Python
 
 SPILL_AT_ENV = "CBR_CRAWLER_SPILL_AT"  # overrides SPILL_AT: memory against temporary disk
 
@@ -55,9 +60,10 @@ def spill_threshold(environ: Mapping[str, str] = os.environ) -> int:
     return value
 
 
-def _as_bytes(key: Key) -> bytes:
-    # Tagged, so that no string id can equal a UUID key: "u" + 16 bytes, or "s" + the id's UTF-8.
-    return b"u" + key if isinstance(key, bytes) else b"s" + key.encode()
+def _as_line(key: Key) -> bytes:
+    # One line per id, in hex so that no id can hold a line break, and tagged so that no string id
+    # can equal a UUID key: "u" + the 16 bytes, or "s" + the id's UTF-8.
+    return b"u" + binascii.hexlify(key) if isinstance(key, bytes) else b"s" + binascii.hexlify(key.encode())
 
 
 class ScopeIds:
@@ -95,7 +101,7 @@ class ScopeIds:
         if not self.spilled or not self._page:
             return
         page, self._page = self._page, []
-        self._unwritten.append(b"".join(len(b).to_bytes(_LENGTH, "big") + b for b in map(_as_bytes, page)))
+        self._unwritten.append(b"\n".join(map(_as_line, page)) + b"\n")
         self._recent.append(page)
         self._recent_ids += len(page)
         while self._recent_ids > self._recent_limit and len(self._recent) > 1:
@@ -139,6 +145,8 @@ class ScopeIds:
             await self._flush_locked()
             if self._file is None:
                 return True
+            if _SORT is not None:
+                return await _distinct_by_sort(_SORT, self._file, self.count)
             return await asyncio.to_thread(_distinct, self._file, self.count)
 
     def close(self) -> None:
@@ -156,17 +164,39 @@ class ScopeIds:
 def _records(file: IO[bytes]) -> Iterator[bytes]:
     file.flush()
     file.seek(0)
-    rest = b""
-    while chunk := file.read(1 << 20):
-        data = rest + chunk
-        at = 0
-        while at + _LENGTH <= len(data):
-            end = at + _LENGTH + int.from_bytes(data[at : at + _LENGTH], "big")
-            if end > len(data):
-                break
-            yield data[at + _LENGTH : end]
-            at = end
-        rest = data[at:]
+    return iter(file)  # lines, each ending with b"\n"
+
+
+async def _distinct_by_sort(sort: str, file: IO[bytes], count: int) -> bool:
+    """Are the ids distinct? ``sort -u`` counts the distinct lines in a child process.
+
+    The check is CPU-heavy (a second per few million ids) and would hold the GIL for that long in
+    a thread, delaying the event loop and so the rate-limited requests of every other scope; in
+    ``sort`` it runs beside the crawler, in bounded memory (``-S``, temporary runs in ``$TMPDIR``).
+    """
+    file.flush()
+    file.seek(0)
+    process = await asyncio.create_subprocess_exec(
+        sort, "-u", "-S", "32M", "-T", tempfile.gettempdir(),
+        stdin=file, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "LC_ALL": "C"},
+    )  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        distinct = 0
+        while chunk := await process.stdout.read(1 << 16):
+            distinct += chunk.count(b"\n")
+        error = await process.stderr.read()
+        code = await process.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    if code != 0:
+        text = error.decode(errors="replace").strip()[-300:]
+        raise OSError(errno.EIO, f"sort of the spilled backup ids exited with {code}: {text}")
+    return distinct == count
 
 
 def _distinct(file: IO[bytes], count: int) -> bool:
@@ -188,7 +218,7 @@ def _distinct(file: IO[bytes], count: int) -> bool:
         for key in _records(file):
             index = zlib.crc32(key) % buckets
             bucket = pending[index]
-            bucket.append(len(key).to_bytes(_LENGTH, "big") + key)
+            bucket.append(key)
             if len(bucket) >= _BUCKET_BATCH:
                 parts[index].write(b"".join(bucket))
                 bucket.clear()

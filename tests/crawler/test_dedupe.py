@@ -49,11 +49,19 @@ async def test_a_spilled_scope_keeps_recent_pages_in_memory_and_proves_the_rest_
     ids.close()
 
 
-@pytest.mark.parametrize("bucket_ids", [1_000_000, 7], ids=["one-bucket", "many-buckets"])
+@pytest.mark.parametrize(
+    ("sort", "bucket_ids"),
+    [(True, 0), (False, 1_000_000), (False, 7)],
+    ids=["sort", "python-one-bucket", "python-many-buckets"],
+)
 async def test_a_repeat_far_beyond_the_recent_pages_is_found_by_verify(
-    bucket_ids: int, monkeypatch: pytest.MonkeyPatch
+    sort: bool, bucket_ids: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dedupe, "BUCKET_IDS", bucket_ids)
+    if sort:
+        assert dedupe._SORT is not None, "the test machines have sort(1)"
+    else:
+        monkeypatch.setattr(dedupe, "_SORT", None)
+        monkeypatch.setattr(dedupe, "BUCKET_IDS", bucket_ids)
     keys = _keys(RECENT_PAGES * PAGE * 3)
     keys.append("not-a-uuid-id")  # ids that are not UUIDs spill too
     ids = ScopeIds(expected=len(keys), page_size=PAGE, spill_at=0)
@@ -70,3 +78,12 @@ def test_the_spill_threshold_comes_from_the_environment_or_the_default() -> None
     assert spill_threshold({"CBR_CRAWLER_SPILL_AT": "0"}) == 0
     with pytest.raises(CrawlerError, match="CBR_CRAWLER_SPILL_AT='lots': expected a whole number"):
         spill_threshold({"CBR_CRAWLER_SPILL_AT": "lots"})
+
+
+async def test_a_failing_sort_is_an_error_not_a_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dedupe, "_SORT", "false")  # exits 1 without a word
+    ids = ScopeIds(expected=100, page_size=PAGE, spill_at=0)
+    _add_pages(ids, _keys(100))
+    with pytest.raises(OSError, match="sort of the spilled backup ids exited with 1"):
+        await ids.verify()
+    ids.close()
