@@ -14,10 +14,11 @@ sends one request, not two; in any window of ``w`` seconds at most ``rate * w + 
 out. (``AsyncLimiter(rate, 1)`` would let ``rate`` requests through at once, which is exactly what
 trips a gateway's per-second window on a cold start.)
 
-Adaptation (AIMD): a 429 ``APIGW.0308`` states its policy's limit and window
-(``...limit:200,time:1 minute``); that rate, less a safety margin, becomes the owner's ceiling at
-once. A throttle without a usable statement halves the rate. Each success then adds back a small
-step, never above the configured rate or a stated ceiling.
+Adaptation (AIMD): a 429 ``APIGW.0308`` states its policy's limit and window (``...limit:200,time:1
+minute``); that rate, less a safety margin (10%, and at least room for the bucket's extra request:
+:func:`safe_rate`), becomes the owner's ceiling at once. A throttle without a usable statement
+halves the rate. Each success then adds back a small step, never above the configured rate or a
+stated ceiling.
 """
 
 from __future__ import annotations
