@@ -186,10 +186,18 @@ def test_sigterm_then_rerun_completes_without_refetching_complete_scopes(
             assert record["_crawl"]["run_id"] == first["run_id"]
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("seed", "spilled"), [(1, False), (2, False), (3, False), (4, True)], ids=["1", "2", "3", "4-ids-spilled"]
+)
 def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_run(
-    seed: int, tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
+    seed: int,
+    spilled: bool,
+    tmp_path: Path,
+    emulator_factory: Callable[..., EmulatorThread],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if spilled:  # every scope with backups keeps its ids in a temporary file (crawler.dedupe)
+        monkeypatch.setenv("CBR_CRAWLER_SPILL_AT", "0")
     emu = emulator_factory(SLOW)
     config = _tenant(tmp_path, emu.url)
     baseline_out = tmp_path / "baseline"
