@@ -129,7 +129,9 @@ class ScopeIds:
     def _append_locked(self, data: bytes) -> None:
         try:
             if self._file is None:
-                self._file = tempfile.TemporaryFile(prefix="cbr-crawler-ids-")  # noqa: SIM115 - closed in close()
+                # Unbuffered: each append is a whole page of ids already, and close() (on the event
+                # loop, when a scope is given up) then has nothing left to write.
+                self._file = tempfile.TemporaryFile(prefix="cbr-crawler-ids-", buffering=0)  # noqa: SIM115 - closed in close()
             self._file.write(data)
         except OSError as exc:
             # Say which file: the scope's own output is fine, its spilled ids are not.
@@ -162,9 +164,11 @@ class ScopeIds:
 
 
 def _records(file: IO[bytes]) -> Iterator[bytes]:
+    """The lines of ``file`` from its start (each ends with b"\n"), read through a buffer."""
     file.flush()
     file.seek(0)
-    return iter(file)  # lines, each ending with b"\n"
+    with open(file.fileno(), "rb", closefd=False) as lines:
+        yield from lines
 
 
 async def _distinct_by_sort(sort: str, file: IO[bytes], count: int) -> bool:
@@ -174,8 +178,7 @@ async def _distinct_by_sort(sort: str, file: IO[bytes], count: int) -> bool:
     a thread, delaying the event loop and so the rate-limited requests of every other scope; in
     ``sort`` it runs beside the crawler, in bounded memory (``-S``, temporary runs in ``$TMPDIR``).
     """
-    file.flush()
-    file.seek(0)
+    file.seek(0)  # unbuffered (see ScopeIds._append_locked): nothing to flush
     process = await asyncio.create_subprocess_exec(
         sort, "-u", "-S", "32M", "-T", tempfile.gettempdir(),
         stdin=file, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

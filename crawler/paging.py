@@ -157,7 +157,7 @@ class ScopeCrawl:
         # Decided at the first page, from its count (crawler.dedupe). Only an output that can be
         # rewritten may spill: reconciling a spilled scope rewrites it (see begin_reconciliation).
         self._ids: ScopeIds | None = None
-        self._spill_at = spill_at if getattr(output, "rewritable", False) else sys.maxsize
+        self._spill_at = spill_at if output.rewritable else sys.maxsize
         self._far_repeat = False
         self.total: int | None = None  # count from the first page
         self._next_offset = 0  # next offset to hand out

@@ -128,6 +128,10 @@ class _FileWriter:
 class ScopeOutput(Protocol):
     """Where one scope's lines go."""
 
+    # Whether discard() lets the scope write its lines afresh (a file), or lines once written are
+    # out for good (standard output). Only a rewritable output may spill its ids (crawler.dedupe).
+    rewritable: bool
+
     async def write(self, data: bytes, records: int) -> None: ...
 
     async def commit(self, complete: bool) -> list[FileRecord]: ...
@@ -166,8 +170,7 @@ class FileScopeOutput:
         self._broken = False
         self.records = 0
 
-    # A scope may discard what it wrote and write it again (crawler.paging's rewritten reconciliation).
-    rewritable = True
+    rewritable = True  # discard() removes the .part: the scope may write its lines afresh
 
     def _open_with(self, data: bytes) -> _FileWriter:
         """(Sink thread) Open the file and write ``data``; nothing is left behind if that fails."""
@@ -320,6 +323,8 @@ class FileSink:
 
 class StdoutScopeOutput:
     """Lines go straight to standard output; there is nothing to rename."""
+
+    rewritable = False  # printed lines cannot be taken back
 
     def __init__(self, sink: StdoutSink) -> None:
         self._sink = sink

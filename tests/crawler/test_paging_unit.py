@@ -16,6 +16,8 @@ SCOPE = Scope("acme", "cn-north-4", "p" * 32, "cn-north-4", "0", "private")
 
 
 class _Memory:
+    rewritable = False
+
     def __init__(self) -> None:
         self.data = b""
 
