@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 from conftest import crawler_env, run_cli, scope_ids, write_tenant
 
 from crawler.emulator.estate import DomainSpec, EstateSpec
@@ -115,21 +117,25 @@ def test_sigterm_stops_cleanly_with_exit_130_and_keeps_complete_scopes(
         assert set(scope_ids(out, scope)) == truth
 
 
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` for the test (root only; the test skips elsewhere)."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr!r}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
 def test_full_disk_fails_scopes_not_the_run(
     tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
 ) -> None:
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        import pytest
-
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr!r}")
-    try:
+    with small_tmpfs(tmp_path / "tiny", "600k") as mount_point:
         scenario = Scenario(seed=6, estate=EstateSpec(seed=6, domains=(DomainSpec("acme", backups=6000),)))
         emu = emulator_factory(scenario)
         config = write_tenant(tmp_path, emu.url, "acme-prod", "acme", own_types=["private"])
@@ -149,24 +155,13 @@ def test_full_disk_fails_scopes_not_the_run(
             for file in scope["files"]:
                 data = (out / file["path"]).read_bytes()
                 assert hashlib.sha256(data).hexdigest() == file["sha256"], "what was kept is whole"
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
 
 
 def test_a_full_temporary_directory_fails_the_scopes_that_spill_their_ids_and_says_so(
     tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
 ) -> None:
     # One page of tmpfs: enough for tempfile to accept the directory, not for thousands of ids.
-    mount_point = tmp_path / "tinytmp"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(mount_point)], capture_output=True, check=False
-    )
-    if mounted.returncode != 0:
-        import pytest
-
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr!r}")
-    try:
+    with small_tmpfs(tmp_path / "tinytmp", "4k") as mount_point:
         scenario = Scenario(seed=6, estate=EstateSpec(seed=6, domains=(DomainSpec("acme", backups=3000),)))
         emu = emulator_factory(scenario)
         config = write_tenant(tmp_path, emu.url, "acme-prod", "acme", own_types=["private"])
@@ -183,8 +178,6 @@ def test_a_full_temporary_directory_fails_the_scopes_that_spill_their_ids_and_sa
         failed = [s for s in manifest["scopes"] if s["status"] != "complete"]
         assert failed and all(s["count"] for s in failed), "only scopes with backups spill"
         assert not list(out.rglob("*.part"))
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
 
 
 def test_persistent_5xx_fails_the_scope_at_its_deadline_with_the_request_id(
