@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from typing import IO, Any
 import msgspec
 import orjson
 
-from crawler.manifest import atomic_write
+from crawler.manifest import atomic_file, atomic_write
 from crawler.outputs import OutputError, iter_scope_lines, load_manifest, missing_files, output_root
 from crawler.paging import PROVENANCE_KEY, compact_id
 
@@ -346,18 +345,9 @@ def write_diff(
         out.flush()
         return result
     directory = Path(output)
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / CHANGES_FILE
-    part = final.with_name(final.name + ".part")
-    try:
-        with open(part, "wb", buffering=1 << 20) as fh:
-            result = diff_runs(old, new, fh.write, before_budget=before_budget)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(part, final)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+    with atomic_file(final, buffering=1 << 20) as fh:
+        result = diff_runs(old, new, fh.write, before_budget=before_budget)
     summary = result.as_dict()
     summary["changes_file"] = str(final)
     atomic_write(

@@ -8,9 +8,11 @@ vouch for output a later, failing run has touched.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -18,19 +20,29 @@ MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix."""
+@contextlib.contextmanager
+def atomic_file(path: Path, buffering: int = -1) -> Iterator[BinaryIO]:
+    """A file written under a temporary name, made durable, then renamed to ``path`` on success.
+
+    Readers see the old or the new content, never a mix; on an error the temporary file is removed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+        with open(tmp, "wb", buffering=buffering) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError:
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix."""
+    with atomic_file(path) as fh:
+        fh.write(data)
 
 
 def clear_success(root: Path) -> None:
