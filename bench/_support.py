@@ -28,6 +28,16 @@ USER = f"{DOMAIN}-admin"
 PASSWORD = f"{DOMAIN}-password"
 
 
+def stop_process(process: multiprocessing.process.BaseProcess | None) -> None:
+    """Stop an emulator process: SIGTERM (its server stops cleanly), SIGKILL after 30 s."""
+    if process is not None and process.is_alive():
+        process.terminate()
+        process.join(30)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
 def proc_status_mb(pid: int | str = "self", field: str = "VmRSS") -> float:
     """A memory line of ``/proc/<pid>/status`` (VmRSS now, VmHWM the peak) in MiB."""
     with open(f"/proc/{pid}/status") as status:
@@ -175,13 +185,7 @@ class EmulatorProcess:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        process = self._process
-        if process is not None and process.is_alive():
-            process.terminate()  # SIGTERM: the server stops cleanly
-            process.join(30)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        stop_process(self._process)
 
 
 async def project_token(session: aiohttp.ClientSession, url: str, project_id: str) -> str:
@@ -379,13 +383,7 @@ class BenchEmulator:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        process = self._process
-        if process is not None and process.is_alive():
-            process.terminate()
-            process.join(30)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        stop_process(self._process)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import orjson
 import yaml
 
-from bench._support import DOMAIN, PASSWORD, USER, table
+from bench._support import DOMAIN, PASSWORD, USER, stop_process, table
 
 TARGET_RATIO = 1.25
 ROUTE = "cbr.list_backups"
@@ -169,13 +169,7 @@ class FaultyEmulator:
         return ready
 
     def __exit__(self, *exc: object) -> None:
-        process = self._process
-        if process is not None and process.is_alive():
-            process.terminate()
-            process.join(30)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        stop_process(self._process)
 
 
 def get_json(url: str) -> Any:

@@ -69,14 +69,20 @@ class TenantPlan:
 class _TenantScheduler:
     """Hands out (scope, offset) jobs: pages of open scopes first, then first pages of new ones."""
 
-    def __init__(self, scopes: Iterable[Scope], open_scope: Callable[[Scope], ScopeCrawl], max_open: int):
+    def __init__(
+        self,
+        scopes: Iterable[Scope],
+        open_scope: Callable[[Scope], ScopeCrawl],
+        max_open: int,
+        page_budget: int,
+    ):
         self._pending: deque[Scope] = deque(scopes)
         self._open_scope = open_scope
         self._max_open = max_open
-        # Pages in flight or waiting for a slower one, over all open scopes: twice the workers.
-        # Each scope's own window bounds its reordering; this bounds the tenant's memory, which
-        # would otherwise grow with how many big scopes happen to be open at once.
-        self._page_budget = 2 * max_open
+        # Pages in flight or waiting for a slower one, over all open scopes. Each scope's own
+        # window bounds its reordering; this bounds the tenant's memory, which would otherwise
+        # grow with how many big scopes happen to be open at once.
+        self._page_budget = page_budget
         self.open: list[ScopeCrawl] = []
         self._waiters: list[asyncio.Future[None]] = []
 
@@ -194,11 +200,16 @@ class Engine:
                 page_size=tenant.page_size,
                 # The window is sized in records (concurrency x 1000), not pages: with small pages a
                 # page-count window would starve the workers on the last big scope.
-                window=max(tenant.concurrency, tenant.concurrency * 1000 // tenant.page_size),
+                window=window,
                 spill_at=self.spill_at,
             )
 
-        scheduler = _TenantScheduler(tenant.scopes, open_scope, max_open=tenant.concurrency)
+        window = max(tenant.concurrency, tenant.concurrency * 1000 // tenant.page_size)
+        # Over all open scopes, twice one scope's window: sized in records too, for the same reason
+        # (a page-count budget throttled 50-record pages behind one page sleeping in a retry).
+        scheduler = _TenantScheduler(
+            tenant.scopes, open_scope, max_open=tenant.concurrency, page_budget=2 * window
+        )
         state = _TenantState()
         try:
             async with asyncio.TaskGroup() as group:
