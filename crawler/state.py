@@ -132,8 +132,8 @@ class StateDB:
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             log.debug("state %s: journal mode %s (WAL unavailable on this filesystem)", self.path, mode)
-        # FULL: a commit is on disk when it returns, even if the machine loses power; one fsync
-        # per completed scope is nothing next to the scope's own requests.
+        # FULL: a commit is on disk when it returns, even if the machine loses power; commits are
+        # per batch of completed scopes (RunState.record), so their fsyncs stay few.
         db.execute("PRAGMA synchronous=FULL")
         # Keep the WAL small (checkpoint every ~1 MB, and shrink it back after): the state shares
         # the disk with the output and the manifest, which matter more.
