@@ -15,9 +15,9 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from crawler.client import ApiClient, ApiRequest, Authenticator
 from crawler.dedupe import SPILL_AT
@@ -28,6 +28,22 @@ from crawler.scope import Scope, ScopeResult
 from crawler.sink import Sink
 
 log = logging.getLogger(__name__)
+
+
+# Scopes concluding in the background at once (see Engine._conclude_soon).
+CONCLUDING_MAX = 64
+
+
+class Checkpoints(Protocol):
+    """Where completed scopes are recorded for a resumed run (crawler.state.RunState)."""
+
+    def checkpoint(self, result: ScopeResult) -> object:
+        """Queue a completed scope; never blocks, never raises for a write error."""
+        ...
+
+    async def flush(self) -> None:
+        """Return once every queued scope is recorded (or its failure reported)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -146,11 +162,11 @@ class Engine:
         run_id: str,
         stats: RunStats | None = None,
         done: Mapping[str, ScopeResult] | None = None,
-        on_complete: Callable[[ScopeResult], Coroutine[Any, Any, None]] | None = None,
+        checkpoints: Checkpoints | None = None,
         spill_at: int = SPILL_AT,
     ) -> None:
         """``done``: scopes an earlier attempt of this run completed (by key), reported, not fetched.
-        ``on_complete``: awaited for each scope that completes, once its files are committed.
+        ``checkpoints``: told of each scope that completes, once its files are committed.
         ``spill_at``: scopes counting more backups keep only recent ids in memory (crawler.dedupe)."""
         self.client = client
         self.sink = sink
@@ -158,9 +174,11 @@ class Engine:
         self.stats = stats or RunStats()
         self.results: list[ScopeResult] = []
         self.done: Mapping[str, ScopeResult] = done or {}
-        self._on_complete = on_complete
+        self._checkpoints = checkpoints
         self.spill_at = spill_at
-        self._checkpoints: set[asyncio.Task[None]] = set()
+        # Scopes being concluded (files committed) while their worker has moved on; bounded.
+        self._concluding: set[asyncio.Task[None]] = set()
+        self._conclude_slots = asyncio.Semaphore(CONCLUDING_MAX)
 
     async def run(self, tenants: list[TenantPlan]) -> list[ScopeResult]:
         self.stats.scopes_total += sum(len(t.scopes) for t in tenants)
@@ -180,9 +198,12 @@ class Engine:
                 for tenant in tenants:
                     group.create_task(self._run_tenant(tenant), name=f"tenant:{tenant.name}")
         finally:
-            if self._checkpoints:
-                # Even when interrupted: a scope whose file is final gets its checkpoint.
-                await asyncio.shield(asyncio.gather(*self._checkpoints, return_exceptions=True))
+            # Even when interrupted: scopes being concluded end (their files are short to write),
+            # and a scope whose file is final gets its checkpoint.
+            while self._concluding:
+                await asyncio.shield(asyncio.gather(*self._concluding, return_exceptions=True))
+            if self._checkpoints is not None:
+                await asyncio.shield(self._checkpoints.flush())
         return self.results
 
     async def _run_tenant(self, tenant: TenantPlan) -> None:
@@ -236,7 +257,7 @@ class Engine:
                 await crawl.verify()
                 if crawl.needs_reconciliation() and state.credential_error is None:
                     await self._reconcile(tenant, crawl)
-                await self._conclude(crawl)
+                await self._conclude_soon(crawl)
                 if state.credential_error is not None:
                     for scope in scheduler.drain():
                         self._record_unstarted(scope, state.credential_error)
@@ -351,6 +372,25 @@ class Engine:
             "complete": False,
         }
 
+    async def _conclude_soon(self, crawl: ScopeCrawl) -> None:
+        """Conclude a finished scope in the background: its worker goes on to the next job.
+
+        Committing a small scope waits for the sink's next batch (crawler.sink.FileSink.write_whole);
+        a worker waiting for that would leave its request slot idle. At most CONCLUDING_MAX scopes
+        wait so (each holds at most the sink's buffer), after that the worker waits for a slot.
+        """
+        await self._conclude_slots.acquire()
+        task = asyncio.get_running_loop().create_task(self._conclude(crawl))
+        self._concluding.add(task)
+        task.add_done_callback(self._concluded)
+
+    def _concluded(self, task: asyncio.Task[None]) -> None:
+        self._concluding.discard(task)
+        self._conclude_slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            # _conclude handles write errors itself; anything else is a bug, not to be lost.
+            log.error("concluding a scope failed", exc_info=task.exception())
+
     async def _conclude(self, crawl: ScopeCrawl) -> None:
         complete = crawl.error is None and crawl.total is not None
         result = crawl.conclude()
@@ -374,12 +414,10 @@ class Engine:
 
     def _finish(self, result: ScopeResult, quiet: bool = False) -> None:
         self.results.append(result)
-        if result.status == "complete" and self._on_complete is not None:
+        if result.status == "complete" and self._checkpoints is not None:
             # _finish runs after the scope's output is committed (renamed), so the checkpoint
-            # written by the hook never runs ahead of the data it vouches for.
-            task = asyncio.get_running_loop().create_task(self._on_complete(result))
-            self._checkpoints.add(task)
-            task.add_done_callback(self._checkpoints.discard)
+            # never runs ahead of the data it vouches for.
+            self._checkpoints.checkpoint(result)
         self.stats.scopes_done += 1
         if result.status == "complete":
             # Debug only: an estate has tens of thousands of scopes, the progress lines and the

@@ -19,7 +19,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,8 @@ class TenantContext:
         self.name = config.name
         self.client = client
         self.limiters = limiters
+        self._cbr_limiters: dict[str, Any] = {}  # by region
+        self._cbr_endpoints: dict[str, str] = {}  # by region
         self.auth = build_auth(config, client, self.iam())
 
     def _limiter(self, service: str, endpoint: str) -> Any:
@@ -147,10 +149,17 @@ class TenantContext:
         return IamEndpoints(base, self.limiters.get(QuotaOwner(f"tenant:{self.name}", "iam", base), None))
 
     def cbr_endpoint(self, region: str) -> str:
-        return self.config.endpoint("cbr", region)
+        endpoint = self._cbr_endpoints.get(region)
+        if endpoint is None:
+            endpoint = self._cbr_endpoints[region] = self.config.endpoint("cbr", region)
+        return endpoint
 
     def cbr_limiter(self, region: str) -> Any:
-        return self._limiter("cbr", self.cbr_endpoint(region))
+        # Asked once per request: the quota owner of a region never changes within a run.
+        limiter = self._cbr_limiters.get(region)
+        if limiter is None:
+            limiter = self._cbr_limiters[region] = self._limiter("cbr", self.cbr_endpoint(region))
+        return limiter
 
     async def discover(self) -> list[Scope]:
         """The tenant's scopes: projects x enterprise projects x own_type views."""
@@ -395,7 +404,7 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
                 run_id=options.run_id,
                 stats=stats,
                 done=done,
-                on_complete=_checkpointer(state) if state is not None else None,
+                checkpoints=state,
                 spill_at=spill_at,
             )
             # A bar on a terminal, else a progress line every interval (crawler.progress).
@@ -526,18 +535,6 @@ def _seal(root: Path, manifest: dict[str, Any]) -> None:
     """(Blocking) The files the manifest lists made durable, then the manifest that vouches for them."""
     make_durable(root, [f["path"] for scope in manifest.get("scopes", []) for f in scope.get("files") or []])
     write_manifest(root, manifest)
-
-
-def _checkpointer(state: RunState) -> Callable[[ScopeResult], Coroutine[Any, Any, None]]:
-    async def checkpoint(result: ScopeResult) -> None:
-        try:
-            await state.record(result)
-        except (OSError, sqlite3.Error) as exc:
-            # The scope's file is fine; only its checkpoint is missing, so a resumed run would
-            # fetch it again. Not worth failing the run for.
-            log.warning("could not checkpoint scope %s (%s)", result.scope.key, exc)
-
-    return checkpoint
 
 
 def _relabel_logs(run_id: str) -> None:

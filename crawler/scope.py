@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,7 @@ class Scope:
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 
 
+@functools.lru_cache(maxsize=4096)  # the same regions, projects and EPs, scope after scope
 def safe_component(value: str) -> str:
     """A path component that can't climb out of the output root or clash with the filesystem."""
     cleaned = _UNSAFE.sub("_", value).strip(".") or "_"

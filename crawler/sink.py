@@ -207,9 +207,9 @@ class FileScopeOutput:
             self._broken = True
             raise
 
-    def _write_whole(self, destination: Path) -> tuple[int, str]:
+    def _write_whole(self, destination: Path, data: bytes) -> tuple[int, str]:
         """(Sink thread) A scope that never outgrew the buffer: its whole file in one go."""
-        writer = self._open_with(self._take_buffer())
+        writer = self._open_with(data)
         try:
             return writer.finish(destination)
         except BaseException:
@@ -225,7 +225,7 @@ class FileScopeOutput:
         relpath = self.relpath if complete else _partial_name(self.relpath)
         destination = self._sink.root / relpath
         if self._writer is None:
-            size, digest = await self._sink.run(self._write_whole, destination)
+            size, digest = await self._sink.write_whole(self, destination, self._take_buffer())
         else:
             writer, self._writer = self._writer, None
             try:
@@ -243,6 +243,27 @@ class FileScopeOutput:
         if self._writer is not None:
             writer, self._writer = self._writer, None
             await self._sink.run(writer.discard)
+
+
+@dataclass(slots=True)
+class _WholeFile:
+    """A small scope's file waiting for its batch."""
+
+    output: FileScopeOutput
+    destination: Path
+    data: bytes
+    done: asyncio.Future[tuple[int, str]]
+
+
+def _write_batch(batch: list[_WholeFile]) -> list[tuple[int, str] | BaseException]:
+    """(Sink thread) Each file of a batch; each failure is its own (a full disk fails them all)."""
+    outcomes: list[tuple[int, str] | BaseException] = []
+    for job in batch:
+        try:
+            outcomes.append(job.output._write_whole(job.destination, job.data))
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
 
 
 def _find_syncfs() -> Callable[[int], int] | None:
@@ -307,8 +328,48 @@ class FileSink:
         # ever added to, from the pool's threads; a set's add and lookup are atomic.
         self.made_directories: set[Path] = set()
 
+        # Whole files of small scopes waiting for the next trip to the pool (see write_whole).
+        self._wholes: list[_WholeFile] = []
+        self._wholes_writer: asyncio.Task[None] | None = None
+
     async def run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def write_whole(self, output: FileScopeOutput, destination: Path, data: bytes) -> tuple[int, str]:
+        """Write a small scope's whole file as ``destination``; returns its size and sha256.
+
+        Group commit, like the run state's checkpoints: files asked for while a batch is being
+        written go in the next one, so thousands of tiny scopes cost a few hundred trips to the
+        pool (thread wake-ups and GIL hand-overs) instead of one each.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[tuple[int, str]] = loop.create_future()
+        self._wholes.append(_WholeFile(output, destination, data, done))
+        if self._wholes_writer is None:
+            self._wholes_writer = loop.create_task(self._write_wholes(), name="sink:small-files")
+        return await done
+
+    async def _write_wholes(self) -> None:
+        try:
+            while self._wholes:
+                batch, self._wholes = self._wholes, []
+                try:
+                    outcomes = await self.run(_write_batch, batch)
+                except BaseException as exc:
+                    for job in batch:
+                        if not job.done.done():
+                            job.done.set_exception(exc)
+                            job.done.exception()  # retrieved: its caller may be gone
+                    raise
+                for job, outcome in zip(batch, outcomes, strict=True):
+                    if job.done.done():
+                        continue  # its caller was interrupted; the file is in place all the same
+                    if isinstance(outcome, BaseException):
+                        job.done.set_exception(outcome)
+                    else:
+                        job.done.set_result(outcome)
+        finally:
+            self._wholes_writer = None
 
     def open(self, relpath: str, compression: str | None = None) -> FileScopeOutput:
         """An output for one scope; ``compression`` overrides the sink's default (per tenant)."""
@@ -318,6 +379,10 @@ class FileSink:
         return FileScopeOutput(self, relpath, chosen)
 
     async def close(self) -> None:
+        if self._wholes_writer is not None:
+            # A batch still being written (its callers interrupted): let it end before the pool.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._wholes_writer)
         self._pool.shutdown(wait=True)
 
 

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 STATE_DIR = ".cbr-crawler"
 STATE_FILE = "state.sqlite"
 SCHEMA_VERSION = 1
+# Seconds from one checkpoint batch's start to the next one's, at least (see RunState.checkpoint).
+CHECKPOINT_INTERVAL = 1.0
 
 ResumeMode = Literal["auto", "resume", "fresh"]
 
@@ -326,6 +328,8 @@ class RunState:
         self._waiting: list[tuple[str, dict[str, Any]]] = []  # completed scopes for the next batch
         self._next_batch: asyncio.Future[None] | None = None  # done when _waiting is durable
         self._writer: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()  # set by callers that wait for durability: no pause
+        self._last_batch = -CHECKPOINT_INTERVAL  # event-loop time the last batch started
 
     @classmethod
     async def open(cls, root: Path) -> tuple[RunState, str | None]:
@@ -372,26 +376,46 @@ class RunState:
             log.warning("scope %s was recorded complete but %s: fetching it again", key, problem)
         return kept
 
-    async def record(self, result: ScopeResult) -> None:
-        """Checkpoint a completed scope. Call only once its files are renamed (see the module docstring).
+    def checkpoint(self, result: ScopeResult) -> asyncio.Future[None]:
+        """Queue a completed scope for the next checkpoint batch; returns that batch's future.
 
-        Group commit: while one batch is being written, scopes completing meanwhile queue up and go
-        in the next one: one make_durable of their files, then one transaction. Each caller returns
-        when its own scope is durable (or gets that batch's error). Thousands of tiny scopes then
-        cost a few dozen commits, not one fsync-heavy trip each; big scopes still get one each.
+        Call only once the scope's files are renamed (see the module docstring). Group commit:
+        scopes completing while a batch is written, or within :data:`CHECKPOINT_INTERVAL` of its
+        start, go in the next one: one make_durable of their files, then one transaction. Tens of
+        thousands of tiny scopes then cost a few dozen commits (and filesystem syncs), not one
+        each; a crash loses at most the last interval's checkpoints (those scopes are fetched
+        again). A batch that cannot be written is logged here, once; its future carries the error.
         """
         loop = asyncio.get_running_loop()
         self._waiting.append((result.scope.key, result.as_dict()))
         if self._next_batch is None:
             self._next_batch = loop.create_future()
-        batch_done = self._next_batch
         if self._writer is None:
             self._writer = loop.create_task(self._write_batches(), name="state:checkpoints")
+        return self._next_batch
+
+    async def record(self, result: ScopeResult) -> None:
+        """Checkpoint a completed scope now and wait until it is durable (or raise the batch's error)."""
+        batch_done = self.checkpoint(result)
+        self._hurry.set()
         await asyncio.shield(batch_done)
 
+    async def flush(self) -> None:
+        """Write every queued checkpoint now; returns when none is left (failures are logged)."""
+        self._hurry.set()
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
+
     async def _write_batches(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._waiting:
+                pause = self._last_batch + CHECKPOINT_INTERVAL - loop.time()
+                if pause > 0 and not self._hurry.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._hurry.wait(), pause)
+                self._hurry.clear()
+                self._last_batch = loop.time()
                 batch, self._waiting = self._waiting, []
                 done, self._next_batch = self._next_batch, None
                 assert done is not None
@@ -401,8 +425,14 @@ class RunState:
                     done.cancel()
                     raise
                 except Exception as exc:
+                    log.warning(
+                        "could not checkpoint %d completed scope(s) (%s): their files are kept, "
+                        "but a resumed run would fetch them again",
+                        len(batch),
+                        exc,
+                    )
                     done.set_exception(exc)
-                    done.exception()  # retrieved here: a caller may have been interrupted meanwhile
+                    done.exception()  # retrieved here: callers need not wait for it
                 else:
                     done.set_result(None)
         finally:

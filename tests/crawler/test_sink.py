@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 from pathlib import Path
@@ -94,3 +95,33 @@ async def test_a_failed_write_leaves_no_file_and_fails_every_later_write(tmp_pat
     assert await out.commit(complete=True) == []
     await sink.close()
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["t"]
+
+
+async def test_small_scopes_committing_together_share_trips_to_the_threads(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path, "none")
+    (tmp_path / "blocked").write_text("a file where one scope's directory should be")
+    trips = 0
+    run = sink.run
+
+    async def counting_run(fn: object, *args: object) -> object:
+        nonlocal trips
+        trips += 1
+        return await run(fn, *args)
+
+    sink.run = counting_run  # type: ignore[method-assign]
+    outputs = [sink.open(f"t/p{n}/backups.ndjson") for n in range(100)]
+    for n, out in enumerate(outputs):
+        await out.write(b'{"id":"%d"}\n' % n, 1)
+    broken = sink.open("blocked/backups.ndjson")
+    await broken.write(b'{"id":"x"}\n', 1)
+    outcomes = await asyncio.gather(
+        *(out.commit(complete=True) for out in [*outputs, broken]), return_exceptions=True
+    )
+    await sink.close()
+    assert trips < 10, f"{trips} trips for 101 small files"
+    assert isinstance(outcomes[-1], OSError), "a file that cannot be written fails alone"
+    for n, outcome in enumerate(outcomes[:-1]):
+        assert not isinstance(outcome, BaseException)
+        [record] = outcome
+        assert (tmp_path / record.path).read_bytes() == b'{"id":"%d"}\n' % n
+    assert not list(tmp_path.rglob("*.part"))

@@ -244,3 +244,35 @@ async def test_a_failed_checkpoint_batch_reaches_every_scope_in_it(tmp_path: Pat
     await state.resume()
     assert list(await state.completed_scopes()) == [results[0].scope.key]
     await state.close()
+
+
+async def test_checkpoints_queued_by_the_engine_are_batched_and_flushed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state, _ = await RunState.open(tmp_path)
+    await state.begin("run-1", DIGEST, "t0")
+    results = [_result(tmp_path, f"p{n}") for n in range(50)]
+    transactions: list[int] = []
+    record_many = state._db.record_many
+    failures = [sqlite3.OperationalError("disk I/O error")]
+
+    def failing_first(batch: Any) -> None:
+        transactions.append(len(batch))
+        if failures:
+            raise failures.pop()
+        record_many(batch)
+
+    state._db.record_many = failing_first  # type: ignore[method-assign]
+    state.checkpoint(results[0])  # the first batch goes at once (and fails)
+    await asyncio.sleep(0.05)
+    for result in results[1:]:
+        state.checkpoint(result)
+        await asyncio.sleep(0)  # scopes completing one by one, as the engine reports them
+    await state.flush()  # no error: the failed batch was logged
+    assert transactions == [1, 49], "later scopes wait for one batch after the pause"
+    assert "could not checkpoint 1 completed scope(s)" in caplog.text
+    await state.close()
+    state, _ = await RunState.open(tmp_path)
+    await state.resume()
+    assert sorted(await state.completed_scopes()) == sorted(r.scope.key for r in results[1:])
+    await state.close()
