@@ -5,7 +5,9 @@ tenant cannot starve the others: tenants run side by side, each at its own pace.
 workers prefer pages of scopes already open (oldest first) over opening new scopes, which keeps the
 number of open files and buffered pages bounded; at most ``concurrency`` scopes are open at once.
 
-Nothing is ever one task per item: the number of tasks is the sum of the tenants' concurrency.
+Workers are not one task per item: their number is the sum of the tenants' concurrency. A finished
+scope is concluded (its file committed, its checkpoint queued) by a short task of its own while its
+worker goes on; at most CONCLUDING_MAX such tasks exist at once.
 """
 
 from __future__ import annotations
