@@ -75,10 +75,17 @@ class _RenewingCache:
         self._cache: dict[str, _Cached] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def get(self, key: str) -> Any:
+    def fresh(self, key: str) -> Any | None:
+        """The cached credential if it needs no renewal yet (every request asks: no await)."""
         cached = self._cache.get(key)
         if cached is not None and self._clock() < cached.refresh_at:
             return cached.value
+        return None
+
+    async def get(self, key: str) -> Any:
+        value = self.fresh(key)
+        if value is not None:
+            return value
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             cached = self._cache.get(key)
@@ -166,7 +173,9 @@ class _ScopedTokenAuth:
         return token
 
     async def authorize(self, request: ApiRequest, headers: dict[str, str]) -> None:
-        headers["X-Auth-Token"] = await self.token_for(_scope_of(request))
+        scope = _scope_of(request)
+        token = self._tokens.fresh(scope)
+        headers["X-Auth-Token"] = token if token is not None else await self.token_for(scope)
 
     def invalidate(self, request: ApiRequest) -> None:
         self._tokens.invalidate(_scope_of(request))

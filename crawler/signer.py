@@ -30,6 +30,7 @@ the received one using :func:`hmac.compare_digest`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -52,6 +53,7 @@ _SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
 
 
+@functools.lru_cache(maxsize=8192)  # names, ids, own types and offsets recur request after request
 def _encode(text: str) -> str:
     # RFC 3986 unreserved characters stay bare, everything else (UTF-8) is %XX with upper-case hex:
     # exactly `quote(s, safe="~")` as the SDK calls it ("~" is in quote's always-safe set anyway).
