@@ -20,7 +20,9 @@ contender runs on the other core, one at a time:
   per record.
 - **B, many small projects**: ``--small-projects`` projects x 10 enterprise projects x (private,
   shared) = 20,000 scopes of a few backups each (most hold none), requests/s, crawler (unlimited)
-  against the floor. On Huawei's public cloud the gateway's 200 requests/s would bind here.
+  against the floor, taking turns ``--b-runs`` times (each one's best counts: these runs last
+  seconds and swing by a third on a shared machine). Their outputs stay until the end (see
+  :func:`_kept`). On Huawei's public cloud the gateway's 200 requests/s would bind here.
 - **C, rate limited**: A's estate behind 100 ms of latency on ``cbr.list_backups``, crawled at
   50 requests/s: wall time against requests / 50.
 
@@ -631,15 +633,21 @@ def section_b(b: ServedInfo, work: Path, args: argparse.Namespace) -> tuple[Sect
         for ep in b.enterprise_projects
         for own_type in ("private", "shared")
     ]
-    floor = run_floor(b.url, scopes, args.concurrency, _kept(work / "b-floor"))
-    _progress(f"B floor: {floor.requests_per_second:,.0f} requests/s")
     config = write_tenant(
         work / "b.yaml", b.url, rps=UNLIMITED, concurrency=args.concurrency, eps=True,
         own_types=["private", "shared"],
     )  # fmt: skip
-    crawl = run_crawler(config, _kept(work / "b-crawler"))
-    _progress(f"B crawler: {crawl.requests / crawl.run.wall:,.0f} requests/s")
-    out.ok = crawl.ok and crawl.scopes == len(scopes)
+    # B takes seconds and its figures swing by a third between identical runs on this machine:
+    # the two contenders take turns, and each one's best run counts.
+    floors: list[Measured] = []
+    crawls: list[CrawlerRun] = []
+    for turn in range(args.b_runs):
+        floors.append(run_floor(b.url, scopes, args.concurrency, _kept(work / f"b-floor-{turn}")))
+        _progress(f"B floor: {floors[-1].requests_per_second:,.0f} requests/s")
+        crawls.append(run_crawler(config, _kept(work / f"b-crawler-{turn}")))
+        _progress(f"B crawler: {crawls[-1].requests / crawls[-1].run.wall:,.0f} requests/s")
+    floor = max(floors, key=lambda m: m.requests_per_second)
+    crawl = max(crawls, key=lambda c: c.requests / c.run.wall)
     sizes = crawl.scope_sizes
     out.rows += [
         (
@@ -649,16 +657,21 @@ def section_b(b: ServedInfo, work: Path, args: argparse.Namespace) -> tuple[Sect
             f" median {_pct(sizes, 0.5)}, p90 {_pct(sizes, 0.9)}, p99 {_pct(sizes, 0.99)},"
             f" max {max(sizes, default=0):,}",
         ),
-        ("B crawler (unlimited)", _requests_row(crawl)),
+        (f"B crawler (unlimited), best of {len(crawls)}", _requests_row(crawl)),
+        ("B crawler, all runs", ", ".join(f"{c.requests / c.run.wall:,.0f}" for c in crawls) + " requests/s"),
     ]
+    out.ok = all(c.ok and c.scopes == len(scopes) for c in crawls)
     ratio = crawl.requests / crawl.run.wall / floor.requests_per_second
     out.ratios.append(("B crawler / floor, requests/s", _verdict(ratio, ">= 0.7", ratio >= 0.7)))
     out.rows.append(
         (
-            "B floor (aiohttp + orjson)",
+            f"B floor (aiohttp + orjson), best of {len(floors)}",
             f"{floor.requests_per_second:>7,.0f} requests/s  {floor.wall:5.1f} s wall  {floor.cpu:5.1f} CPU s"
             f"  {floor.records:,} records, {floor.requests:,} requests",
         )
+    )
+    out.rows.append(
+        ("B floor, all runs", ", ".join(f"{m.requests_per_second:,.0f}" for m in floors) + " requests/s")
     )
     return out, config
 
@@ -745,6 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sdk-records", type=int, default=50_000, help="the SDK's share of A")
     parser.add_argument("--small-projects", type=int, default=1000, help="B: x 10 EPs x 2 own_types")
     parser.add_argument("--small-backups", type=int, default=100_000, help="B's backups in total")
+    parser.add_argument("--b-runs", type=int, default=3, help="B: turns of floor and crawler, best counts")
     parser.add_argument("--rate", type=float, default=50.0, help="C's requests/s")
     parser.add_argument("--latency-ms", type=float, default=100.0, help="C's latency on ListBackups")
     parser.add_argument("--big", action="store_true", help="also the crawler's peak RSS at --big-backups")

@@ -27,7 +27,7 @@ from crawler.errors import ApiError, AuthFailedError, CrawlerError
 from crawler.paging import Page, ScopeCrawl, parse_page
 from crawler.ratelimit import QuotaLimiter
 from crawler.scope import Scope, ScopeResult
-from crawler.sink import Sink
+from crawler.sink import ScopeOutput, Sink
 
 log = logging.getLogger(__name__)
 
@@ -375,35 +375,41 @@ class Engine:
         }
 
     async def _conclude_soon(self, crawl: ScopeCrawl) -> None:
-        """Conclude a finished scope in the background: its worker goes on to the next job.
+        """Decide a finished scope's status now, commit its files in the background.
 
         Committing a small scope waits for the sink's next batch (crawler.sink.FileSink.write_whole);
-        a worker waiting for that would leave its request slot idle. At most CONCLUDING_MAX scopes
-        wait so (each holds at most the sink's buffer), after that the worker waits for a slot.
+        a worker waiting for that would leave its request slot idle, so it goes on to its next job.
+        The scope's ids are freed here (conclude); a commit in the background holds only the
+        scope's output (at most the sink's buffer). At most CONCLUDING_MAX commits wait so, after
+        that the worker waits for a slot.
         """
-        await self._conclude_slots.acquire()
-        task = asyncio.get_running_loop().create_task(self._conclude(crawl))
+        complete = crawl.error is None and crawl.total is not None
+        result = crawl.conclude()
+        complete = complete and result.status == "complete"
+        try:
+            await self._conclude_slots.acquire()
+        except asyncio.CancelledError:
+            # Interrupted while waiting: dropped whole, like the scopes still open (_run_tenant).
+            await asyncio.shield(crawl.output.discard())
+            raise
+        task = asyncio.get_running_loop().create_task(self._commit(crawl.output, result, complete))
         self._concluding.add(task)
-        task.add_done_callback(self._concluded)
+        task.add_done_callback(self._committed)
 
-    def _concluded(self, task: asyncio.Task[None]) -> None:
+    def _committed(self, task: asyncio.Task[None]) -> None:
         self._concluding.discard(task)
         self._conclude_slots.release()
         if not task.cancelled() and task.exception() is not None:
-            # _conclude handles write errors itself; anything else is a bug, not to be lost.
-            log.error("concluding a scope failed", exc_info=task.exception())
+            # _commit handles write errors itself; anything else is a bug, not to be lost.
+            log.error("committing a scope's output failed", exc_info=task.exception())
 
-    async def _conclude(self, crawl: ScopeCrawl) -> None:
-        complete = crawl.error is None and crawl.total is not None
-        result = crawl.conclude()
-        if result.status != "complete":
-            complete = False
+    async def _commit(self, output: ScopeOutput, result: ScopeResult, complete: bool) -> None:
         try:
-            files = await crawl.output.commit(complete)
+            files = await output.commit(complete)
         except OSError as exc:
-            await crawl.output.discard()
+            await output.discard()
             result.status = "failed"
-            result.error = f"could not write {crawl.scope.key}: {exc}"
+            result.error = f"could not write {result.scope.key}: {exc}"
             files = []
         result.files = [f.as_dict() for f in files]
         self._finish(result)
