@@ -81,12 +81,13 @@ class _HashingWriter:
 class _FileWriter:
     """Blocking part of a scope file; every method runs in the sink's thread pool."""
 
-    def __init__(self, final: Path, compression: str, made_directories: set[Path]) -> None:
+    def __init__(self, final: Path, compression: str, made_directories: set[str]) -> None:
         self.final = final
         self.part = final.with_name(final.name + ".part")
-        if final.parent not in made_directories:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            made_directories.add(final.parent)
+        directory = os.path.dirname(final)
+        if directory not in made_directories:
+            os.makedirs(directory, exist_ok=True)
+            made_directories.add(directory)
         self.raw = open(self.part, "wb")  # noqa: SIM115 - closed in finish()/discard()
         self.hashing = _HashingWriter(self.raw)
         self.stream: Any
@@ -207,15 +208,6 @@ class FileScopeOutput:
             self._broken = True
             raise
 
-    def _write_whole(self, destination: Path, data: bytes) -> tuple[int, str]:
-        """(Sink thread) A scope that never outgrew the buffer: its whole file in one go."""
-        writer = self._open_with(data)
-        try:
-            return writer.finish(destination)
-        except BaseException:
-            writer.discard()
-            raise
-
     async def commit(self, complete: bool) -> list[FileRecord]:
         if self._broken:
             await self.discard()
@@ -223,10 +215,10 @@ class FileScopeOutput:
         if not complete and self._writer is None and not self._buffer:
             return []  # nothing fetched, nothing to keep
         relpath = self.relpath if complete else _partial_name(self.relpath)
-        destination = self._sink.root / relpath
         if self._writer is None:
-            size, digest = await self._sink.write_whole(self, destination, self._take_buffer())
+            size, digest = await self._sink.write_whole(self, relpath, self._take_buffer())
         else:
+            destination = self._sink.root / relpath
             writer, self._writer = self._writer, None
             try:
                 size, digest = await self._sink.run(writer.finish, destination)
@@ -249,21 +241,48 @@ class FileScopeOutput:
 class _WholeFile:
     """A small scope's file waiting for its batch."""
 
-    output: FileScopeOutput
-    destination: Path
-    data: bytes
+    relpath: str  # the complete file's name (its .part is written first)
+    destination: str  # relpath, or its .partial name
+    compression: str
+    data: bytes  # uncompressed
     done: asyncio.Future[tuple[int, str]]
 
 
-def _write_batch(batch: list[_WholeFile]) -> list[tuple[int, str] | BaseException]:
-    """(Sink thread) Each file of a batch; each failure is its own (a full disk fails them all)."""
-    outcomes: list[tuple[int, str] | BaseException] = []
-    for job in batch:
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def _compressed(data: bytes, compression: str) -> bytes:
+    if compression == "gzip":
+        return gzip.compress(data, mtime=0)  # no name, no time in the header: reproducible bytes
+    if compression == "zstd":
+        return zstandard.ZstdCompressor(level=3).compress(data)
+    return data
+
+
+def _write_file(part: str, destination: str, payload: bytes) -> tuple[int, str]:
+    """(Sink thread) ``payload`` as ``part``, renamed to ``destination``; its size and sha256.
+
+    Plain ``os`` calls, no file objects: this runs for every small scope, and every Python step
+    here holds the GIL the event loop is waiting for.
+    """
+    if not payload:
+        # An empty file cannot be half-written: it is created under its final name at once.
+        os.close(os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+        return 0, _EMPTY_SHA256
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
         try:
-            outcomes.append(job.output._write_whole(job.destination, job.data))
-        except Exception as exc:
-            outcomes.append(exc)
-    return outcomes
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(part, destination)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(part)
+        raise
+    return len(payload), hashlib.sha256(payload).hexdigest()
 
 
 def _find_syncfs() -> Callable[[int], int] | None:
@@ -326,8 +345,9 @@ class FileSink:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sink")
         # Directories known to exist (scopes share them): one mkdir each, not one per file. Only
         # ever added to, from the pool's threads; a set's add and lookup are atomic.
-        self.made_directories: set[Path] = set()
+        self.made_directories: set[str] = set()
 
+        self._root_text = str(root)
         # Whole files of small scopes waiting for the next trip to the pool (see write_whole).
         self._wholes: list[_WholeFile] = []
         self._wholes_writer: asyncio.Task[None] | None = None
@@ -335,8 +355,8 @@ class FileSink:
     async def run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def write_whole(self, output: FileScopeOutput, destination: Path, data: bytes) -> tuple[int, str]:
-        """Write a small scope's whole file as ``destination``; returns its size and sha256.
+    async def write_whole(self, output: FileScopeOutput, relpath: str, data: bytes) -> tuple[int, str]:
+        """Write a small scope's whole file as ``relpath``; returns its size and sha256.
 
         Group commit, like the run state's checkpoints: files asked for while a batch is being
         written go in the next one, so thousands of tiny scopes cost a few hundred trips to the
@@ -344,7 +364,7 @@ class FileSink:
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[tuple[int, str]] = loop.create_future()
-        self._wholes.append(_WholeFile(output, destination, data, done))
+        self._wholes.append(_WholeFile(output.relpath, relpath, output.compression, data, done))
         if self._wholes_writer is None:
             self._wholes_writer = loop.create_task(self._write_wholes(), name="sink:small-files")
         return await done
@@ -354,7 +374,7 @@ class FileSink:
             while self._wholes:
                 batch, self._wholes = self._wholes, []
                 try:
-                    outcomes = await self.run(_write_batch, batch)
+                    outcomes = await self.run(self._write_batch, batch)
                 except BaseException as exc:
                     for job in batch:
                         if not job.done.done():
@@ -377,6 +397,23 @@ class FileSink:
         if chosen not in COMPRESSION_SUFFIX:
             raise ValueError(f"unknown compression {chosen!r}")
         return FileScopeOutput(self, relpath, chosen)
+
+    def _write_batch(self, batch: list[_WholeFile]) -> list[tuple[int, str] | BaseException]:
+        """(Sink thread) Each file of a batch; each failure is its own (a full disk fails them all)."""
+        root = self._root_text
+        outcomes: list[tuple[int, str] | BaseException] = []
+        for job in batch:
+            try:
+                final = f"{root}/{job.relpath}"
+                directory = os.path.dirname(final)
+                if directory not in self.made_directories:
+                    os.makedirs(directory, exist_ok=True)
+                    self.made_directories.add(directory)
+                payload = _compressed(job.data, job.compression)
+                outcomes.append(_write_file(final + ".part", f"{root}/{job.destination}", payload))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     async def close(self) -> None:
         if self._wholes_writer is not None:
