@@ -26,7 +26,6 @@ import asyncio
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 import orjson
@@ -145,15 +144,7 @@ class ScopeCrawl:
         self.window = max(1, window)
         self.result = ScopeResult(scope, started_at=utc_now_iso())
         self.started = asyncio.get_running_loop().time()  # the scope's deadline counts from here
-        self._provenance: dict[str, Any] = {
-            "tenant": scope.tenant,
-            "region": scope.region,
-            "project_id": scope.project_id,
-            "project_name": scope.project_name,
-            "enterprise_project_id": scope.enterprise_project_id,
-            "own_type": scope.own_type,
-            "run_id": run_id,
-        }
+        self._run_id = run_id
         # Decided at the first page, from its count (crawler.dedupe). Only an output that can be
         # rewritten may spill: reconciling a spilled scope rewrites it (see begin_reconciliation).
         self._ids: ScopeIds | None = None
@@ -256,7 +247,17 @@ class ScopeCrawl:
         """NDJSON lines for the records not seen before in this scope, and how many."""
         if not page.records:
             return b"", 0  # most scopes of a big estate are empty: nothing to stamp
-        provenance = {**self._provenance, "fetched_at": utc_now_iso()}
+        scope = self.scope
+        provenance = {
+            "tenant": scope.tenant,
+            "region": scope.region,
+            "project_id": scope.project_id,
+            "project_name": scope.project_name,
+            "enterprise_project_id": scope.enterprise_project_id,
+            "own_type": scope.own_type,
+            "run_id": self._run_id,
+            "fetched_at": utc_now_iso(),
+        }
         # The record is written byte for byte as the API sent it; provenance goes under one added
         # key, spliced in before the record's closing brace (serialised once per page).
         tail = b',"' + PROVENANCE_KEY.encode() + b'":' + orjson.dumps(provenance) + b"}\n"
