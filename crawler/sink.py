@@ -6,8 +6,14 @@ backpressure: a worker that produced a page waits until it is on disk before fet
 
 A file is written as ``NAME.part`` and renamed to ``NAME`` only when its scope completes
 (``NAME.partial`` when it did not), so a reader globbing ``*.ndjson`` never sees half a scope, and
-nothing already fetched is thrown away. The sha256 and size in the manifest are those of the bytes
-on disk (after compression).
+nothing already fetched is thrown away (an empty uncompressed file, which cannot be half-written, is
+created under its final name when its scope completes). The sha256 and size in the manifest are
+those of the bytes on disk (after compression).
+
+A scope whose lines never outgrew :data:`BUFFER_BYTES` is written whole when it commits, and such
+files go to the threads in batches (:meth:`FileSink.write_whole`): with tens of thousands of tiny
+scopes, one trip per file made the thread hand-offs (wake-ups, the GIL going back and forth) cost
+as much as the requests.
 
 Durability is a separate, batched step (:func:`make_durable`): files are not fsynced one by one
 when they are renamed. Nothing vouches for a file before it is durable: the run state checkpoints
