@@ -13,6 +13,7 @@ worker goes on; at most CONCLUDING_MAX such tasks exist at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -400,14 +401,19 @@ class Engine:
         self._concluding.discard(task)
         self._conclude_slots.release()
         if not task.cancelled() and task.exception() is not None:
-            # _commit handles write errors itself; anything else is a bug, not to be lost.
-            log.error("committing a scope's output failed", exc_info=task.exception())
+            # _commit reports its own failures; this would be a bug in _finish, not to be lost.
+            log.error("concluding a scope failed", exc_info=task.exception())
 
     async def _commit(self, output: ScopeOutput, result: ScopeResult, complete: bool) -> None:
         try:
             files = await output.commit(complete)
-        except OSError as exc:
-            await output.discard()
+        except Exception as exc:
+            # Whatever went wrong (a full disk, or a bug), the scope is reported failed, never lost:
+            # a scope missing from the results could let the run pass for complete.
+            if not isinstance(exc, OSError):
+                log.exception("committing the output of %s failed", result.scope.key)
+            with contextlib.suppress(Exception):
+                await output.discard()
             result.status = "failed"
             result.error = f"could not write {result.scope.key}: {exc}"
             files = []

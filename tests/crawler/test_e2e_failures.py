@@ -214,3 +214,41 @@ def test_persistent_5xx_fails_the_scope_at_its_deadline_with_the_request_id(
     assert "deadline" in scope["error"]
     assert "503" in scope["error"] and "request id" in scope["error"]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_scope_whose_commit_breaks_unexpectedly_is_reported_failed_never_lost(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Commits run in the background while workers go on: an unexpected error there (a bug, not a
+    # full disk) must still put the scope in the manifest as failed, so the run cannot pass as complete.
+    from crawler import sink
+    from crawler.cli import main
+
+    scenario = Scenario(
+        seed=5,
+        estate=EstateSpec(seed=5, regions=("cn-north-4",), domains=(DomainSpec("acme", backups=300),)),
+    )
+    emu = emulator_factory(scenario)
+    config = write_tenant(
+        tmp_path, emu.url, "acme", "acme", regions=["cn-north-4"], own_types=["private"],
+        enterprise_projects={"mode": "none"}, projects={"discover": {}},
+    )  # fmt: skip
+    commit = sink.FileScopeOutput.commit
+    broken: list[str] = []
+
+    async def breaking_commit(self: sink.FileScopeOutput, complete: bool) -> list[sink.FileRecord]:
+        if not broken:
+            broken.append(self.relpath)
+            raise RuntimeError("injected bug")
+        return await commit(self, complete)
+
+    monkeypatch.setattr(sink.FileScopeOutput, "commit", breaking_commit)
+    for name, value in crawler_env().items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(config), "--output", str(out), "--no-report"]) == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "incomplete"
+    failed = [s for s in manifest["scopes"] if s["status"] != "complete"]
+    assert len(failed) == 1 and "injected bug" in failed[0]["error"], failed
+    assert len(manifest["scopes"]) > 1 and not (out / "_SUCCESS").exists()
