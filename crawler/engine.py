@@ -384,9 +384,8 @@ class Engine:
         scope's output (at most the sink's buffer). At most CONCLUDING_MAX commits wait so, after
         that the worker waits for a slot.
         """
-        complete = crawl.error is None and crawl.total is not None
         result = crawl.conclude()
-        complete = complete and result.status == "complete"
+        complete = result.status == "complete"  # else the file is kept under its .partial name
         try:
             await self._conclude_slots.acquire()
         except asyncio.CancelledError:

@@ -352,7 +352,6 @@ class FileSink:
         # Directories known to exist (scopes share them): one mkdir each, not one per file. Only
         # ever added to, from the pool's threads; a set's add and lookup are atomic.
         self.made_directories: set[str] = set()
-
         self._root_text = str(root)
         # Whole files of small scopes waiting for the next trip to the pool (see write_whole).
         self._wholes: list[_WholeFile] = []
