@@ -6,8 +6,13 @@ temporary directory before any test module imports it.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import tempfile
 
 _SDK_HOME = tempfile.mkdtemp(prefix="cbr-crawler-home-")
 os.environ["HOME"] = _SDK_HOME
+# Removed when the test process ends, or every run would leave one behind in $TMPDIR.
+atexit.register(functools.partial(shutil.rmtree, _SDK_HOME, ignore_errors=True))
