@@ -21,11 +21,11 @@ import datetime as dt
 import logging
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway, write_to_textfile
-from prometheus_client.parser import text_string_to_metric_families
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Gauge
 
 from crawler import __version__
 
@@ -54,6 +54,8 @@ def previous_last_success(path: Path) -> float | None:
     except (FileNotFoundError, UnicodeDecodeError):
         return None
     try:
+        from prometheus_client.parser import text_string_to_metric_families
+
         for family in text_string_to_metric_families(text):
             if family.name == LAST_SUCCESS:
                 for sample in family.samples:
@@ -75,6 +77,9 @@ def build_registry(
 
     ``last_success``: the previous value, kept when this run is not complete (None: left out).
     """
+    # Imported here, not at the top: most runs write no metrics, and it costs every start ~25 ms.
+    from prometheus_client import CollectorRegistry, Gauge
+
     registry = CollectorRegistry()
 
     def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
@@ -161,6 +166,8 @@ def _report_metrics(report: dict[str, Any], gauge: Any) -> None:
 def write_metrics_file(path: Path, registry: CollectorRegistry) -> None:
     """Atomically (temporary file in the same directory, then rename). Blocking."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    from prometheus_client import write_to_textfile
+
     write_to_textfile(str(path), registry)
 
 
@@ -188,6 +195,8 @@ def push_metrics(
     """
     grouping = {"instance": socket.gethostname(), **(grouping_key or {})}
     try:
+        from prometheus_client import pushadd_to_gateway
+
         pushadd_to_gateway(gateway, job=job, registry=registry, grouping_key=grouping, timeout=timeout)
     except OSError as exc:  # urllib's URLError/HTTPError are OSErrors
         log.warning("could not push metrics to %s: %s", safe_url(gateway), exc)

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from crawler.diff import find_previous_run, report_diff, run_diff, write_diff
 from crawler.errors import CrawlerError
 from crawler.metrics import DEFAULT_JOB, export_run_metrics
 from crawler.report import DEFAULT_EXPIRING_DAYS, build_report, format_report, run_report, write_report
@@ -88,6 +87,7 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from crawler.diff import run_diff
     from crawler.logs import setup_logging
 
     setup_logging("warning")
@@ -123,6 +123,9 @@ def after_run(
 
 
 def _diff_after_run(against: str, root: Path, manifest: dict[str, Any]) -> None:
+    # Imported when used (as crawler.metrics imports prometheus_client): most runs make no diff.
+    from crawler.diff import find_previous_run, report_diff, write_diff
+
     previous: Path | None
     if against == AUTO:
         previous = find_previous_run(root, before=str(manifest.get("started_at") or "") or None)
