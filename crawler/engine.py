@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from crawler.client import ApiClient, ApiRequest, Authenticator
 from crawler.dedupe import SPILL_AT
@@ -28,7 +29,7 @@ from crawler.errors import ApiError, AuthFailedError, CrawlerError
 from crawler.paging import Page, ScopeCrawl, parse_page
 from crawler.ratelimit import QuotaLimiter
 from crawler.scope import Scope, ScopeResult
-from crawler.sink import ScopeOutput, Sink
+from crawler.sink import FileRecord, ScopeOutput, Sink
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class Engine:
         self._checkpoints = checkpoints
         self.spill_at = spill_at
         # Scopes being concluded (files committed) while their worker has moved on; bounded.
-        self._concluding: set[asyncio.Task[None]] = set()
+        self._concluding: set[asyncio.Future[Any]] = set()
         self._conclude_slots = asyncio.Semaphore(CONCLUDING_MAX)
 
     async def run(self, tenants: list[TenantPlan]) -> list[ScopeResult]:
@@ -382,7 +383,8 @@ class Engine:
         a worker waiting for that would leave its request slot idle, so it goes on to its next job.
         The scope's ids are freed here (conclude); a commit in the background holds only the
         scope's output (at most the sink's buffer). At most CONCLUDING_MAX commits wait so, after
-        that the worker waits for a slot.
+        that the worker waits for a slot. A commit that is one future (a small scope's file, the
+        common case by far) is finished by a callback on it, not by a task of its own.
         """
         result = crawl.conclude()
         complete = result.status == "complete"  # else the file is kept under its .partial name
@@ -392,30 +394,52 @@ class Engine:
             # Interrupted while waiting: dropped whole, like the scopes still open (_run_tenant).
             await asyncio.shield(crawl.output.discard())
             raise
-        task = asyncio.get_running_loop().create_task(self._commit(crawl.output, result, complete))
-        self._concluding.add(task)
-        task.add_done_callback(self._committed)
+        output = crawl.output
+        committing: asyncio.Future[Any] | None = output.commit_soon(complete)
+        if committing is None:
+            committing = asyncio.get_running_loop().create_task(self._commit(output, result, complete))
+            committing.add_done_callback(self._committed)
+        else:
+            committing.add_done_callback(functools.partial(self._committed_soon, output, result))
+        self._concluding.add(committing)
 
-    def _committed(self, task: asyncio.Task[None]) -> None:
+    def _committed(self, task: asyncio.Future[Any]) -> None:
         self._concluding.discard(task)
         self._conclude_slots.release()
         if not task.cancelled() and task.exception() is not None:
             # _commit reports its own failures; this would be a bug in _finish, not to be lost.
             log.error("concluding a scope failed", exc_info=task.exception())
 
+    def _committed_soon(
+        self, output: ScopeOutput, result: ScopeResult, committing: asyncio.Future[list[FileRecord]]
+    ) -> None:
+        self._concluding.discard(committing)
+        self._conclude_slots.release()
+        error = asyncio.CancelledError() if committing.cancelled() else committing.exception()
+        files = [] if error is not None else committing.result()
+        self._finish_commit(output, result, files, error)
+
     async def _commit(self, output: ScopeOutput, result: ScopeResult, complete: bool) -> None:
         try:
             files = await output.commit(complete)
         except Exception as exc:
-            # Whatever went wrong (a full disk, or a bug), the scope is reported failed, never lost:
-            # a scope missing from the results could let the run pass for complete.
-            if not isinstance(exc, OSError):
-                log.exception("committing the output of %s failed", result.scope.key)
             with contextlib.suppress(Exception):
                 await output.discard()
+            self._finish_commit(output, result, [], exc)
+        else:
+            self._finish_commit(output, result, files, None)
+
+    def _finish_commit(
+        self, output: ScopeOutput, result: ScopeResult, files: list[FileRecord], error: BaseException | None
+    ) -> None:
+        if error is not None:
+            # Whatever went wrong (a full disk, or a bug), the scope is reported failed, never lost:
+            # a scope missing from the results could let the run pass for complete. (A small
+            # scope's failed file leaves nothing behind: crawler.sink removes its .part.)
+            if not isinstance(error, OSError):
+                log.error("committing the output of %s failed", result.scope.key, exc_info=error)
             result.status = "failed"
-            result.error = f"could not write {result.scope.key}: {exc}"
-            files = []
+            result.error = f"could not write {result.scope.key}: {error}"
         result.files = [f.as_dict() for f in files]
         self._finish(result)
 

@@ -141,6 +141,10 @@ class ScopeOutput(Protocol):
 
     async def write(self, data: bytes, records: int) -> None: ...
 
+    def commit_soon(self, complete: bool) -> asyncio.Future[list[FileRecord]] | None:
+        """The commit as a future, when it needs no task (see FileScopeOutput); else None."""
+        ...
+
     async def commit(self, complete: bool) -> list[FileRecord]: ...
 
     async def discard(self) -> None: ...
@@ -214,23 +218,38 @@ class FileScopeOutput:
             self._broken = True
             raise
 
+    def commit_soon(self, complete: bool) -> asyncio.Future[list[FileRecord]] | None:
+        """The commit of a scope whose lines are all in memory, as a future of the sink's next batch.
+
+        None when the scope's file is open (or broken): then :meth:`commit` must run. A caller
+        that only needs the outcome can add a callback to the future instead of awaiting it in a
+        task of its own (crawler.engine does, for tens of thousands of small scopes).
+        """
+        if self._writer is not None or self._broken:
+            return None
+        if not complete and not self._buffer:
+            nothing: asyncio.Future[list[FileRecord]] = asyncio.get_running_loop().create_future()
+            nothing.set_result([])  # nothing fetched, nothing to keep
+            return nothing
+        relpath = self.relpath if complete else _partial_name(self.relpath)
+        return self._sink.write_whole(self, relpath, self._take_buffer())
+
     async def commit(self, complete: bool) -> list[FileRecord]:
+        soon = self.commit_soon(complete)
+        if soon is not None:
+            return await soon
         if self._broken:
             await self.discard()
             return []
-        if not complete and self._writer is None and not self._buffer:
-            return []  # nothing fetched, nothing to keep
+        assert self._writer is not None
         relpath = self.relpath if complete else _partial_name(self.relpath)
-        if self._writer is None:
-            size, digest = await self._sink.write_whole(self, relpath, self._take_buffer())
-        else:
-            destination = self._sink.root / relpath
-            writer, self._writer = self._writer, None
-            try:
-                size, digest = await self._sink.run(writer.finish, destination)
-            except BaseException:
-                await self._sink.run(writer.discard)
-                raise
+        destination = self._sink.root / relpath
+        writer, self._writer = self._writer, None
+        try:
+            size, digest = await self._sink.run(writer.finish, destination)
+        except BaseException:
+            await self._sink.run(writer.discard)
+            raise
         return [FileRecord(relpath, size, digest, self.records)]
 
     async def discard(self) -> None:
@@ -251,7 +270,8 @@ class _WholeFile:
     destination: str  # relpath, or its .partial name
     compression: str
     data: bytes  # uncompressed
-    done: asyncio.Future[tuple[int, str]]
+    records: int
+    done: asyncio.Future[list[FileRecord]]
 
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -360,19 +380,23 @@ class FileSink:
     async def run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def write_whole(self, output: FileScopeOutput, relpath: str, data: bytes) -> tuple[int, str]:
-        """Write a small scope's whole file as ``relpath``; returns its size and sha256.
+    def write_whole(
+        self, output: FileScopeOutput, relpath: str, data: bytes
+    ) -> asyncio.Future[list[FileRecord]]:
+        """Write a small scope's whole file as ``relpath``; the future gets its FileRecord.
 
         Group commit, like the run state's checkpoints: files asked for while a batch is being
         written go in the next one, so thousands of tiny scopes cost a few hundred trips to the
         pool (thread wake-ups and GIL hand-overs) instead of one each.
         """
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[tuple[int, str]] = loop.create_future()
-        self._wholes.append(_WholeFile(output.relpath, relpath, output.compression, data, done))
+        done: asyncio.Future[list[FileRecord]] = loop.create_future()
+        self._wholes.append(
+            _WholeFile(output.relpath, relpath, output.compression, data, output.records, done)
+        )
         if self._wholes_writer is None:
             self._wholes_writer = loop.create_task(self._write_wholes(), name="sink:small-files")
-        return await done
+        return done
 
     async def _write_wholes(self) -> None:
         try:
@@ -392,7 +416,8 @@ class FileSink:
                     if isinstance(outcome, BaseException):
                         job.done.set_exception(outcome)
                     else:
-                        job.done.set_result(outcome)
+                        size, digest = outcome
+                        job.done.set_result([FileRecord(job.destination, size, digest, job.records)])
         finally:
             self._wholes_writer = None
 
@@ -438,6 +463,11 @@ class StdoutScopeOutput:
 
     async def write(self, data: bytes, records: int) -> None:
         await self._sink.write(data)
+
+    def commit_soon(self, complete: bool) -> asyncio.Future[list[FileRecord]] | None:
+        done: asyncio.Future[list[FileRecord]] = asyncio.get_running_loop().create_future()
+        done.set_result([])
+        return done
 
     async def commit(self, complete: bool) -> list[FileRecord]:
         return []

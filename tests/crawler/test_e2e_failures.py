@@ -216,11 +216,13 @@ def test_persistent_5xx_fails_the_scope_at_its_deadline_with_the_request_id(
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("how", ["small files, written whole", "streamed files"])
 def test_a_scope_whose_commit_breaks_unexpectedly_is_reported_failed_never_lost(
-    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread], monkeypatch: pytest.MonkeyPatch
+    how: str, tmp_path: Path, emulator_factory: Callable[..., EmulatorThread], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Commits run in the background while workers go on: an unexpected error there (a bug, not a
-    # full disk) must still put the scope in the manifest as failed, so the run cannot pass as complete.
+    # full disk) must still put the scope in the manifest as failed, so the run cannot pass as
+    # complete. Small scopes' commits end in a callback, streamed ones' in a task: both are broken.
     from crawler import sink
     from crawler.cli import main
 
@@ -233,16 +235,29 @@ def test_a_scope_whose_commit_breaks_unexpectedly_is_reported_failed_never_lost(
         tmp_path, emu.url, "acme", "acme", regions=["cn-north-4"], own_types=["private"],
         enterprise_projects={"mode": "none"}, projects={"discover": {}},
     )  # fmt: skip
-    commit = sink.FileScopeOutput.commit
     broken: list[str] = []
+    if how == "streamed files":
+        monkeypatch.setattr(sink, "BUFFER_BYTES", 0)  # every scope with a record opens its file
+        commit = sink.FileScopeOutput.commit
 
-    async def breaking_commit(self: sink.FileScopeOutput, complete: bool) -> list[sink.FileRecord]:
-        if not broken:
-            broken.append(self.relpath)
-            raise RuntimeError("injected bug")
-        return await commit(self, complete)
+        async def breaking_commit(self: sink.FileScopeOutput, complete: bool) -> list[sink.FileRecord]:
+            if not broken:
+                broken.append(self.relpath)
+                raise RuntimeError("injected bug")
+            return await commit(self, complete)
 
-    monkeypatch.setattr(sink.FileScopeOutput, "commit", breaking_commit)
+        monkeypatch.setattr(sink.FileScopeOutput, "commit", breaking_commit)
+    else:
+        monkeypatch.setattr(sink, "BUFFER_BYTES", 1 << 30)  # every scope is written whole
+        write_file = sink._write_file
+
+        def breaking_write(part: str, destination: str, payload: bytes) -> tuple[int, str]:
+            if not broken:
+                broken.append(destination)
+                raise RuntimeError("injected bug")
+            return write_file(part, destination, payload)
+
+        monkeypatch.setattr(sink, "_write_file", breaking_write)
     for name, value in crawler_env().items():
         monkeypatch.setenv(name, value)
     out = tmp_path / "out"
