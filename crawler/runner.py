@@ -587,5 +587,5 @@ def build_manifest(
             "files": sum(len(r.files) for r in results),
         },
         "quota_owners": limiters.report(),
-        "scopes": [r.as_dict() for r in results],
+        "scopes": [r.entry() for r in results],
     }

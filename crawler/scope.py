@@ -92,6 +92,17 @@ class ScopeResult:
     notes: list[str] = field(default_factory=list)
     # Set when drift (churn) was detected and the scope re-read with a marker pass.
     reconciliation: dict[str, Any] | None = None
+    _entry: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def entry(self) -> dict[str, Any]:
+        """:meth:`as_dict` of a final result (one the engine has reported), built only once.
+
+        The same entry goes to the run state's checkpoint and to the manifest: with tens of
+        thousands of scopes, building it twice cost a tenth of a second at the end of the run.
+        """
+        if self._entry is None:
+            self._entry = self.as_dict()
+        return self._entry
 
     def as_dict(self) -> dict[str, Any]:
         s = self.scope

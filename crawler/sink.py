@@ -334,10 +334,11 @@ def make_durable(root: Path, relpaths: Iterable[str]) -> None:
     commit (a file system mounted below ``root`` is not supported as an output). Elsewhere each
     file and each of their directories is fsynced.
     """
-    paths = [root / relpath for relpath in relpaths]
-    if not paths:
+    relpaths = list(relpaths)
+    if not relpaths:
         return
     if _SYNCFS is not None:
+        # No path is built: tens of thousands of Path objects cost more than the sync itself.
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             if _SYNCFS(fd) != 0:
@@ -346,6 +347,7 @@ def make_durable(root: Path, relpaths: Iterable[str]) -> None:
         finally:
             os.close(fd)
         return
+    paths = [root / relpath for relpath in relpaths]
     for path in [*paths, *sorted({p.parent for p in paths})]:
         fd = os.open(path, os.O_RDONLY)
         try:

@@ -387,7 +387,7 @@ class RunState:
         again). A batch that cannot be written is logged here, once; its future carries the error.
         """
         loop = asyncio.get_running_loop()
-        self._waiting.append((result.scope.key, result.as_dict()))
+        self._waiting.append((result.scope.key, result.entry()))
         if self._next_batch is None:
             self._next_batch = loop.create_future()
         if self._writer is None:
