@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ class _RenewingCache:
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._succeeded = False
 
     def fresh(self, key: str) -> Any | None:
         """The cached credential if it needs no renewal yet (every request asks: no await)."""
@@ -96,7 +98,13 @@ class _RenewingCache:
             life = max((expires_at - now).total_seconds(), 0.0)
             margin = min(max(60.0, life * 0.2), life * 0.5) if life > 120 else life * 0.2
             self._cache[key] = _Cached(value, expires_at, expires_at - dt.timedelta(seconds=margin))
+            self._succeeded = True
             return value
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether any credential was obtained (the secret behind them is known to work)."""
+        return self._succeeded
 
     def invalidate(self, key: str) -> None:
         self._cache.pop(key, None)
@@ -148,6 +156,9 @@ class StaticTokenAuth:
         # Nothing to renew: a refused static token fails for good (the 401 propagates).
         return None
 
+    def prefetch(self, request: ApiRequest) -> None:
+        return None  # nothing is fetched per scope
+
     async def token_for(self, scope: str) -> str:
         return self._token
 
@@ -164,6 +175,7 @@ class _ScopedTokenAuth:
 
     def __init__(self, clock: Callable[[], dt.datetime]) -> None:
         self._tokens = _RenewingCache(self._fetch, clock)
+        self._prefetching: dict[str, asyncio.Task[Any]] = {}
 
     async def _fetch(self, scope: str) -> tuple[str, dt.datetime]:
         raise NotImplementedError
@@ -179,6 +191,27 @@ class _ScopedTokenAuth:
 
     def invalidate(self, request: ApiRequest) -> None:
         self._tokens.invalidate(_scope_of(request))
+
+    def prefetch(self, request: ApiRequest) -> None:
+        """Fetch the token of a project the crawl reaches soon, so that its first scopes don't wait.
+
+        Each project needs a token of its own: fetched only when its first scope asks, every worker
+        reaching a new project would wait one IAM round trip (the engine calls this some scopes
+        ahead). Only once this credential has worked: a wrong password must not be tried more
+        often than the crawl itself tries it (IAM locks users out after repeated failures).
+        """
+        scope = _scope_of(request)
+        if not self._tokens.succeeded or scope in self._prefetching or self._tokens.fresh(scope) is not None:
+            return
+        task = asyncio.get_running_loop().create_task(self._tokens.get(scope), name=f"token:{scope}")
+        self._prefetching[scope] = task
+        task.add_done_callback(functools.partial(self._prefetched, scope))
+
+    def _prefetched(self, scope: str, task: asyncio.Task[Any]) -> None:
+        self._prefetching.pop(scope, None)
+        if not task.cancelled() and task.exception() is not None:
+            # The request that needs it will ask again, and report the error if it persists.
+            log.debug("prefetching a token for %s failed: %s", scope, task.exception())
 
 
 class PasswordAuth(_ScopedTokenAuth):
@@ -311,6 +344,9 @@ class _TokenHeader:
     def invalidate(self, request: ApiRequest) -> None:
         return None
 
+    def prefetch(self, request: ApiRequest) -> None:
+        return None  # nothing is fetched per scope
+
 
 @dataclass(frozen=True, slots=True)
 class AccessKey:
@@ -363,6 +399,9 @@ class AkSkAuth:
 
     def invalidate(self, request: ApiRequest) -> None:
         return None
+
+    def prefetch(self, request: ApiRequest) -> None:
+        return None  # nothing is fetched per scope
 
 
 class TemporaryAkSkAuth:
@@ -432,3 +471,6 @@ class TemporaryAkSkAuth:
 
     def invalidate(self, request: ApiRequest) -> None:
         self._keys.invalidate("temporary")
+
+    def prefetch(self, request: ApiRequest) -> None:
+        return None  # one key pair for every request, fetched by the first

@@ -94,6 +94,13 @@ class Authenticator(Protocol):
     def invalidate(self, request: ApiRequest) -> None:
         """Forget cached credentials for this request's scope after a 401."""
 
+    def prefetch(self, request: ApiRequest) -> None:
+        """Start getting the credential ``request`` will need, without waiting for it.
+
+        A no-op where there is nothing to fetch per request scope. Never raises: a failed
+        prefetch is forgotten, and ``authorize`` asks again (and reports the error).
+        """
+
 
 class NoAuth:
     """For IAM token requests, which carry their credentials in the body."""
@@ -105,6 +112,9 @@ class NoAuth:
         return None
 
     def invalidate(self, request: ApiRequest) -> None:
+        return None
+
+    def prefetch(self, request: ApiRequest) -> None:
         return None
 
 

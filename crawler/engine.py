@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 # Scopes concluding in the background at once (see Engine._conclude_soon).
 CONCLUDING_MAX = 64
+# How far ahead of the scopes being opened their credentials are fetched, per worker: a new
+# project's token is then ready when its first scope starts (see _TenantScheduler).
+PREFETCH_SCOPES_PER_WORKER = 4
 
 
 class Checkpoints(Protocol):
@@ -95,10 +98,15 @@ class _TenantScheduler:
         open_scope: Callable[[Scope], ScopeCrawl],
         max_open: int,
         page_budget: int,
+        prefetch: Callable[[Scope], None] | None = None,
     ):
         self._pending: deque[Scope] = deque(scopes)
         self._open_scope = open_scope
         self._max_open = max_open
+        # Called with the scope PREFETCH_SCOPES_PER_WORKER x max_open places behind each one opened
+        # (the last one, near the end): what it needs can be fetched while the scopes between run.
+        self._prefetch = prefetch
+        self._prefetch_ahead = PREFETCH_SCOPES_PER_WORKER * max_open
         # Pages in flight or waiting for a slower one, over all open scopes. Each scope's own
         # window bounds its reordering; this bounds the tenant's memory, which would otherwise
         # grow with how many big scopes happen to be open at once.
@@ -116,6 +124,8 @@ class _TenantScheduler:
             if offset is not None:
                 return crawl, offset
         if len(self.open) < self._max_open and self._pending:
+            if self._prefetch is not None:
+                self._prefetch(self._pending[min(self._prefetch_ahead, len(self._pending) - 1)])
             crawl = self._open_scope(self._pending.popleft())
             self.open.append(crawl)
             offset = crawl.take_offset()
@@ -229,11 +239,14 @@ class Engine:
                 spill_at=self.spill_at,
             )
 
+        def prefetch(scope: Scope) -> None:
+            tenant.auth.prefetch(self._list_request(tenant, scope, []))
+
         window = max(tenant.concurrency, tenant.concurrency * 1000 // tenant.page_size)
         # Over all open scopes, twice one scope's window: sized in records too, for the same reason
         # (a page-count budget throttled 50-record pages behind one page sleeping in a retry).
         scheduler = _TenantScheduler(
-            tenant.scopes, open_scope, max_open=tenant.concurrency, page_budget=2 * window
+            tenant.scopes, open_scope, max_open=tenant.concurrency, page_budget=2 * window, prefetch=prefetch
         )
         state = _TenantState()
         try:
@@ -296,16 +309,8 @@ class Engine:
     ) -> Page:
         """One ListBackups request of a scope: its quota owner's limiter, its deadline, lazy decoding."""
         scope = crawl.scope
-        request = ApiRequest(
-            service="cbr",
-            method="GET",
-            base_url=tenant.cbr_endpoint(scope.region),
-            path=f"/v3/{scope.project_id}/backups",
-            query=query,
-            project_id=scope.project_id,
-        )
         response = await self.client.send(
-            request,
+            self._list_request(tenant, scope, query),
             tenant.auth,
             tenant.cbr_limiter(scope.region),
             parse=parse_page,
@@ -313,6 +318,17 @@ class Engine:
         )
         page: Page = response.data
         return page
+
+    @staticmethod
+    def _list_request(tenant: TenantPlan, scope: Scope, query: list[tuple[str, str]]) -> ApiRequest:
+        return ApiRequest(
+            service="cbr",
+            method="GET",
+            base_url=tenant.cbr_endpoint(scope.region),
+            path=f"/v3/{scope.project_id}/backups",
+            query=query,
+            project_id=scope.project_id,
+        )
 
     async def _reconcile(self, tenant: TenantPlan, crawl: ScopeCrawl) -> None:
         """Re-read a drifting scope with a sequential marker pass in a stable order.

@@ -26,6 +26,7 @@ from crawler.auth import (
     sign_into,
 )
 from crawler.client import USER_AGENT, ApiClient, ApiRequest, ApiResponse, Authenticator
+from crawler.errors import AuthFailedError
 from crawler.ratelimit import QuotaLimiter
 
 AK = "EXAMPLEAKID123456789"
@@ -410,3 +411,73 @@ async def test_aksk_auth_signs_every_attempt_afresh_with_the_current_date() -> N
     assert second["X-Sdk-Date"] == "20240102T030506Z"
     assert verify(request, first, SK) and verify(request, second, SK)
     assert first["Authorization"] != second["Authorization"]
+
+
+# -- prefetching project tokens -------------------------------------------------------------------------
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_prefetch_fetches_a_project_token_ahead_once_the_credential_has_worked() -> None:
+    clock = FakeClock()
+    client = FakeIam(clock)
+    auth = PasswordAuth(client, IAM, user="u", domain="acme", password=PASSWORD, source="env PW", clock=clock)
+    auth.prefetch(cbr_request("a" * 32))
+    await _settle()
+    assert client.calls == []  # not before the password has worked once: a wrong one is not tried more
+    await auth.authorize(iam_request(), {})
+    auth.prefetch(cbr_request("b" * 32))
+    auth.prefetch(cbr_request("b" * 32))  # already on its way: not fetched twice
+    await _settle()
+    assert [call[1]["auth"]["scope"] for call in client.calls] == [
+        {"domain": {"name": "acme"}},
+        {"project": {"id": "b" * 32}},
+    ]
+    headers: dict[str, str] = {}
+    await auth.authorize(cbr_request("b" * 32), headers)
+    auth.prefetch(cbr_request("b" * 32))  # cached: nothing to do
+    await _settle()
+    assert len(client.calls) == 2 and headers["X-Auth-Token"] == f"{TOKEN}-2"
+
+
+async def test_a_failed_prefetch_is_forgotten_and_the_request_asks_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class FailingOnce(FakeIam):
+        failed = False
+
+        async def send(
+            self, request: ApiRequest, auth: Authenticator, *args: Any, **kwargs: Any
+        ) -> ApiResponse:
+            if b'"project"' in request.body and not self.failed:
+                self.failed = True
+                raise AuthFailedError(401, "IAM.0001", "project not reachable just now")
+            return await super().send(request, auth, *args, **kwargs)
+
+    clock = FakeClock()
+    client = FailingOnce(clock)
+    auth = PasswordAuth(client, IAM, user="u", domain="acme", password=PASSWORD, source="env PW", clock=clock)
+    await auth.authorize(iam_request(), {})
+    with caplog.at_level("DEBUG", logger="crawler.auth"):
+        auth.prefetch(cbr_request("c" * 32))
+        await _settle()
+    assert client.failed and "prefetching a token" in caplog.text
+    headers: dict[str, str] = {}
+    await auth.authorize(cbr_request("c" * 32), headers)  # fetched again, now successfully
+    assert headers["X-Auth-Token"].startswith(TOKEN)
+
+
+@pytest.mark.parametrize("auth_of", [
+    lambda client: StaticTokenAuth(TOKEN, "env T"),
+    lambda client: AkSkAuth(AccessKey(AK, SK), "env AK"),
+])  # fmt: skip
+async def test_prefetch_is_a_no_op_where_nothing_is_fetched_per_project(
+    auth_of: Callable[[ApiClient], Any],
+) -> None:
+    client = FakeIam(FakeClock())
+    auth_of(client).prefetch(cbr_request())
+    await _settle()
+    assert client.calls == []

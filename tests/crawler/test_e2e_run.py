@@ -61,6 +61,14 @@ def test_three_tenants_100k_backups_equal_ground_truth(
         assert set(ids) == truth, scope["key"]
         assert scope["count"] == len(truth) == scope["records_written"]
         total += len(ids)
+    # One token per project, fetched ahead of its scopes (crawler.auth prefetch), never twice; plus
+    # discovery's domain token and its project list.
+    for tenant in ("acme-prod", "globex-prod", "initech-prod"):
+        [iam] = [
+            q for q in manifest["quota_owners"] if q["quota_owner"].startswith(f"tenant:{tenant} -> iam ")
+        ]
+        projects = {s["project_id"] for s in scopes if s["tenant"] == tenant}
+        assert iam["requests"] == len(projects) + 2, (tenant, iam, len(projects))
     private_total = sum(len(scope_ids(out, s)) for s in scopes if s["own_type"] == "private")
     assert private_total == emu.estate.backup_count
     assert total > 100_000
