@@ -6,8 +6,10 @@ workers prefer pages of scopes already open (oldest first) over opening new scop
 number of open files and buffered pages bounded; at most ``concurrency`` scopes are open at once.
 
 Workers are not one task per item: their number is the sum of the tenants' concurrency. A finished
-scope is concluded (its file committed, its checkpoint queued) by a short task of its own while its
-worker goes on; at most CONCLUDING_MAX such tasks exist at once.
+scope is concluded (its file committed, its checkpoint queued) in the background while its worker
+goes on: a small scope by a callback on the sink's batch, a big one by a short task; at most
+CONCLUDING_MAX at once. The scheduler also has each project's credential fetched a few scopes
+ahead (Authenticator.prefetch), so that workers reaching a new project do not all wait for it.
 """
 
 from __future__ import annotations
