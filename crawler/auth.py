@@ -75,7 +75,7 @@ class _RenewingCache:
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._succeeded = False
+        self._working = False  # the last fetch succeeded (see working)
 
     def fresh(self, key: str) -> Any | None:
         """The cached credential if it needs no renewal yet (every request asks: no await)."""
@@ -94,17 +94,21 @@ class _RenewingCache:
             now = self._clock()
             if cached is not None and now < cached.refresh_at:
                 return cached.value
-            value, expires_at = await self._fetch(key)
+            try:
+                value, expires_at = await self._fetch(key)
+            except BaseException:
+                self._working = False
+                raise
             life = max((expires_at - now).total_seconds(), 0.0)
             margin = min(max(60.0, life * 0.2), life * 0.5) if life > 120 else life * 0.2
             self._cache[key] = _Cached(value, expires_at, expires_at - dt.timedelta(seconds=margin))
-            self._succeeded = True
+            self._working = True
             return value
 
     @property
-    def succeeded(self) -> bool:
-        """Whether any credential was obtained (the secret behind them is known to work)."""
-        return self._succeeded
+    def working(self) -> bool:
+        """Whether the last fetch succeeded: the secret behind the credentials is known to work now."""
+        return self._working
 
     def invalidate(self, key: str) -> None:
         self._cache.pop(key, None)
@@ -175,7 +179,7 @@ class _ScopedTokenAuth:
 
     def __init__(self, clock: Callable[[], dt.datetime]) -> None:
         self._tokens = _RenewingCache(self._fetch, clock)
-        self._prefetching: dict[str, asyncio.Task[Any]] = {}
+        self._prefetching: asyncio.Task[Any] | None = None
 
     async def _fetch(self, scope: str) -> tuple[str, dt.datetime]:
         raise NotImplementedError
@@ -197,20 +201,24 @@ class _ScopedTokenAuth:
 
         Each project needs a token of its own: fetched only when its first scope asks, every worker
         reaching a new project would wait one IAM round trip (the engine calls this some scopes
-        ahead). Only once this credential has worked: a wrong password must not be tried more
-        often than the crawl itself tries it (IAM locks users out after repeated failures).
+        ahead). A wrong password must not be tried more often than the crawl itself tries it (IAM
+        locks users out after repeated failures): a prefetch starts only while the last fetch of
+        this credential succeeded, and only one is in flight at a time, so a password changed
+        mid-run costs at most one extra failed attempt.
         """
+        if self._prefetching is not None or not self._tokens.working:
+            return
         scope = _scope_of(request)
-        if not self._tokens.succeeded or scope in self._prefetching or self._tokens.fresh(scope) is not None:
+        if self._tokens.fresh(scope) is not None:
             return
         task = asyncio.get_running_loop().create_task(self._tokens.get(scope), name=f"token:{scope}")
-        self._prefetching[scope] = task
+        self._prefetching = task
         task.add_done_callback(functools.partial(self._prefetched, scope))
 
     def _prefetched(self, scope: str, task: asyncio.Task[Any]) -> None:
-        self._prefetching.pop(scope, None)
+        self._prefetching = None
         if not task.cancelled() and task.exception() is not None:
-            # The request that needs it will ask again, and report the error if it persists.
+            # The request that needs it asks again, and reports the error if it persists.
             log.debug("prefetching a token for %s failed: %s", scope, task.exception())
 
 

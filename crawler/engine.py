@@ -457,7 +457,7 @@ class Engine:
             if not isinstance(error, OSError):
                 log.error("committing the output of %s failed", result.scope.key, exc_info=error)
             result.status = "failed"
-            result.error = f"could not write {result.scope.key}: {error}"
+            result.error = f"could not write {result.scope.key}: {error or type(error).__name__}"
         result.files = [f.as_dict() for f in files]
         self._finish(result)
 

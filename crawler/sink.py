@@ -407,11 +407,16 @@ class FileSink:
                 try:
                     outcomes = await self.run(self._write_batch, batch)
                 except BaseException as exc:
-                    for job in batch:
+                    # The files asked for meanwhile fail too: with no writer left, nothing else
+                    # would ever answer them (and the engine waits for every commit).
+                    failed, self._wholes = [*batch, *self._wholes], []
+                    for job in failed:
                         if not job.done.done():
                             job.done.set_exception(exc)
                             job.done.exception()  # retrieved: its caller may be gone
-                    raise
+                    if not isinstance(exc, Exception):
+                        raise  # cancelled: the task ends so
+                    return  # told to every caller; no one awaits this task
                 for job, outcome in zip(batch, outcomes, strict=True):
                     if job.done.done():
                         continue  # its caller was interrupted; the file is in place all the same

@@ -470,6 +470,33 @@ async def test_a_failed_prefetch_is_forgotten_and_the_request_asks_again(
     assert headers["X-Auth-Token"].startswith(TOKEN)
 
 
+async def test_after_a_refused_fetch_no_prefetch_tries_the_credential_again() -> None:
+    # A password changed mid-run: every project token is refused from now on. Prefetching must not
+    # multiply the failed logins (IAM locks the user out): at most one extra attempt, one at a time.
+    class Rotated(FakeIam):
+        async def send(
+            self, request: ApiRequest, auth: Authenticator, *args: Any, **kwargs: Any
+        ) -> ApiResponse:
+            if b'"project"' in request.body:
+                self.calls.append((request.path, orjson.loads(request.body), {}))
+                await asyncio.sleep(0)
+                raise AuthFailedError(401, "IAM.0002", "wrong password")
+            return await super().send(request, auth, *args, **kwargs)
+
+    clock = FakeClock()
+    client = Rotated(clock)
+    auth = PasswordAuth(client, IAM, user="u", domain="acme", password=PASSWORD, source="env PW", clock=clock)
+    await auth.authorize(iam_request(), {})  # the domain token: the password worked once
+    for project in "defgh":
+        auth.prefetch(cbr_request(project * 32))  # one scope opened after another
+    await _settle()
+    for project in "ijk":
+        auth.prefetch(cbr_request(project * 32))
+    await _settle()
+    project_calls = [c for c in client.calls if "project" in c[1]["auth"]["scope"]]
+    assert len(project_calls) == 1, project_calls
+
+
 @pytest.mark.parametrize("auth_of", [
     lambda client: StaticTokenAuth(TOKEN, "env T"),
     lambda client: AkSkAuth(AccessKey(AK, SK), "env AK"),

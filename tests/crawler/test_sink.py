@@ -125,3 +125,31 @@ async def test_small_scopes_committing_together_share_trips_to_the_threads(tmp_p
         [record] = outcome
         assert (tmp_path / record.path).read_bytes() == b'{"id":"%d"}\n' % n
     assert not list(tmp_path.rglob("*.part"))
+
+
+async def test_a_trip_that_fails_whole_fails_the_files_asked_for_meanwhile_too(tmp_path: Path) -> None:
+    # Before, files queued while the failing batch ran were left with no writer: their commits
+    # never ended, and the engine, which waits for every commit, would have hung.
+    sink = FileSink(tmp_path, "none")
+    run = sink.run
+    trips = 0
+
+    async def failing_first_trip(fn: object, *args: object) -> object:
+        nonlocal trips
+        trips += 1
+        if trips == 1:
+            await asyncio.sleep(0.01)  # the other files are asked for meanwhile
+            raise RuntimeError("the pool is gone")
+        return await run(fn, *args)
+
+    sink.run = failing_first_trip  # type: ignore[method-assign]
+    outputs = [sink.open(f"t/p{n}/backups.ndjson") for n in range(3)]
+    for out in outputs:
+        await out.write(b'{"id":"1"}\n', 1)
+    first = asyncio.ensure_future(outputs[0].commit(complete=True))
+    await asyncio.sleep(0)  # the first trip starts with the first file alone
+    later = asyncio.gather(*(out.commit(complete=True) for out in outputs[1:]), return_exceptions=True)
+    outcomes = await asyncio.wait_for(asyncio.gather(first, later, return_exceptions=True), timeout=5)
+    await sink.close()
+    assert isinstance(outcomes[0], RuntimeError)
+    assert all(isinstance(o, RuntimeError) for o in outcomes[1]), outcomes[1]
