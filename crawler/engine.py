@@ -418,7 +418,7 @@ class Engine:
             committing = asyncio.get_running_loop().create_task(self._commit(output, result, complete))
             committing.add_done_callback(self._committed)
         else:
-            committing.add_done_callback(functools.partial(self._committed_soon, output, result))
+            committing.add_done_callback(functools.partial(self._committed_soon, result))
         self._concluding.add(committing)
 
     def _committed(self, task: asyncio.Future[Any]) -> None:
@@ -428,14 +428,12 @@ class Engine:
             # _commit reports its own failures; this would be a bug in _finish, not to be lost.
             log.error("concluding a scope failed", exc_info=task.exception())
 
-    def _committed_soon(
-        self, output: ScopeOutput, result: ScopeResult, committing: asyncio.Future[list[FileRecord]]
-    ) -> None:
+    def _committed_soon(self, result: ScopeResult, committing: asyncio.Future[list[FileRecord]]) -> None:
         self._concluding.discard(committing)
         self._conclude_slots.release()
         error = asyncio.CancelledError() if committing.cancelled() else committing.exception()
         files = [] if error is not None else committing.result()
-        self._finish_commit(output, result, files, error)
+        self._finish_commit(result, files, error)
 
     async def _commit(self, output: ScopeOutput, result: ScopeResult, complete: bool) -> None:
         try:
@@ -443,12 +441,12 @@ class Engine:
         except Exception as exc:
             with contextlib.suppress(Exception):
                 await output.discard()
-            self._finish_commit(output, result, [], exc)
+            self._finish_commit(result, [], exc)
         else:
-            self._finish_commit(output, result, files, None)
+            self._finish_commit(result, files, None)
 
     def _finish_commit(
-        self, output: ScopeOutput, result: ScopeResult, files: list[FileRecord], error: BaseException | None
+        self, result: ScopeResult, files: list[FileRecord], error: BaseException | None
     ) -> None:
         if error is not None:
             # Whatever went wrong (a full disk, or a bug), the scope is reported failed, never lost:
