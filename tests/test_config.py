@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from crawler.config import (
     KNOWN_REGIONS,
-    AgencyAuth,
-    AkskAuth,
+    AgencyAuthConfig,
+    AkSkAuthConfig,
     ConfigError,
     ConfigErrors,
     EpAllGranted,
@@ -25,11 +25,11 @@ from crawler.config import (
     EpNone,
     Filters,
     MissingSecretError,
-    PasswordAuth,
+    PasswordAuthConfig,
     Secret,
-    TemporaryAuth,
+    TemporaryAuthConfig,
     TenantConfig,
-    TokenAuth,
+    TokenAuthConfig,
     config_digest,
     default_endpoint,
     json_schema,
@@ -58,8 +58,8 @@ def write(directory: Path, name: str, text: str) -> Path:
     return path
 
 
-def password_auth(tenant: TenantConfig) -> PasswordAuth:
-    assert isinstance(tenant.auth, PasswordAuth)
+def password_auth(tenant: TenantConfig) -> PasswordAuthConfig:
+    assert isinstance(tenant.auth, PasswordAuthConfig)
     return tenant.auth
 
 
@@ -89,7 +89,7 @@ def error_in(text: str) -> ConfigError:
 
 def test_password_auth_loads_and_resolves(tmp_path: Path) -> None:
     tenant = load_tenant(write(tmp_path, "acme.yaml", BASE))
-    assert isinstance(tenant.auth, PasswordAuth)
+    assert isinstance(tenant.auth, PasswordAuthConfig)
     assert (tenant.auth.user, tenant.auth.domain, tenant.auth.password_env) == (
         "acme-admin",
         "acme",
@@ -113,7 +113,7 @@ def test_token_auth_from_file_relative_to_the_tenant_file(tmp_path: Path) -> Non
         """,
     )
     tenant = load_tenant(path)
-    assert isinstance(tenant.auth, TokenAuth)
+    assert isinstance(tenant.auth, TokenAuthConfig)
     assert tenant.auth.token_file == str(tmp_path / "secrets" / "token")
     assert tenant.auth.resolve({}).reveal() == SECRET
 
@@ -126,7 +126,7 @@ def test_aksk_auth_resolves_both_halves() -> None:
         regions: [cn-north-4]
         """
     )
-    assert isinstance(tenant.auth, AkskAuth)
+    assert isinstance(tenant.auth, AkSkAuthConfig)
     pair = tenant.auth.resolve({"AK": "EXAMPLEAKID123456789", "SK": SECRET})
     assert pair.access_key.reveal() == "EXAMPLEAKID123456789"
     assert pair.secret_key.reveal() == SECRET
@@ -144,8 +144,8 @@ def test_temporary_auth_with_password_source() -> None:
         regions: [cn-north-4]
         """
     )
-    assert isinstance(tenant.auth, TemporaryAuth)
-    assert isinstance(tenant.auth.source, PasswordAuth)
+    assert isinstance(tenant.auth, TemporaryAuthConfig)
+    assert isinstance(tenant.auth.source, PasswordAuthConfig)
     assert tenant.auth.duration_seconds == 900
     assert [s.key_path for s in tenant.secret_sources()] == ["auth.source.password_env"]
     assert tenant.auth.source.resolve({"PW": SECRET}).reveal() == SECRET
@@ -169,7 +169,7 @@ def test_agency_auth_with_aksk_source(credential: str) -> None:
         """
     )
     auth = tenant.auth
-    assert isinstance(auth, AgencyAuth) and isinstance(auth.source, AkskAuth)
+    assert isinstance(auth, AgencyAuthConfig) and isinstance(auth.source, AkSkAuthConfig)
     assert (auth.domain_name, auth.agency_name, auth.credential) == ("globex", "cbr-inventory", credential)
     assert auth.duration_seconds is None
     sources = tenant.secret_sources()
@@ -300,7 +300,7 @@ def test_missing_and_empty_secret_files(tmp_path: Path) -> None:
         """,
         base_dir=tmp_path,
     )
-    assert isinstance(tenant.auth, AkskAuth)
+    assert isinstance(tenant.auth, AkSkAuthConfig)
     (tmp_path / "ak").write_text("\n")
     with pytest.raises(MissingSecretError) as info:
         tenant.auth.access_key_source.resolve()
@@ -788,7 +788,7 @@ def test_repo_config_files_load() -> None:
     example, demo = tenants
     assert example.tenant == "acme-prod" and isinstance(example.enterprise_projects, EpDiscover)
     assert demo.tenant == "acme-demo"
-    assert isinstance(demo.auth, PasswordAuth)
+    assert isinstance(demo.auth, PasswordAuthConfig)
     assert (demo.auth.user, demo.auth.domain, demo.auth.password_env) == (
         "acme-admin",
         "acme",
@@ -903,7 +903,7 @@ def test_known_regions() -> None:
 
 
 def test_python_construction_without_a_file() -> None:
-    auth = TokenAuth(mode="token", token_env="TOK")
+    auth = TokenAuthConfig(mode="token", token_env="TOK")
     tenant = TenantConfig(tenant="py", auth=auth, regions=("cn-north-4",))
     assert tenant.auth is auth
     with pytest.raises(MissingSecretError) as info:
@@ -974,12 +974,14 @@ def test_with_endpoints_returns_a_validated_copy(tmp_path: Path) -> None:
 
 def test_resolve_helpers_with_source_descriptions(tmp_path: Path) -> None:
     (tmp_path / "sk").write_text(SECRET + "\n")
-    token = TokenAuth(mode="token", token_env="TOK")
+    token = TokenAuthConfig(mode="token", token_env="TOK")
     value, where = token.resolve_token({"TOK": "t0k"})
     assert (value.get_secret_value(), where) == ("t0k", "environment variable TOK")
-    password = PasswordAuth(mode="password", user="u", domain="d", password_env="PW", password_file=None)
+    password = PasswordAuthConfig(
+        mode="password", user="u", domain="d", password_env="PW", password_file=None
+    )
     assert password.resolve_password({"PW": "pw"})[1] == "environment variable PW"
-    aksk = AkskAuth(mode="aksk", access_key_env="AK", secret_key_file=str(tmp_path / "sk"))
+    aksk = AkSkAuthConfig(mode="aksk", access_key_env="AK", secret_key_file=str(tmp_path / "sk"))
     ak, sk, where = aksk.resolve_keys({"AK": "EXAMPLEAKID123456789"})
     assert (ak.reveal(), sk.reveal()) == ("EXAMPLEAKID123456789", SECRET)
     assert where == f"environment variable AK and file {tmp_path / 'sk'}"
@@ -995,7 +997,7 @@ def test_projects_include_exclude_shortcuts() -> None:
 
 def test_explicit_nulls_mean_unset() -> None:
     tenant = parse(BASE + "endpoints:\n  iam: null\n  cbr: http://h:1\nfilters:\n  status: null\n")
-    assert isinstance(tenant.auth, PasswordAuth)
+    assert isinstance(tenant.auth, PasswordAuthConfig)
     assert tenant.endpoint("iam", "cn-north-4") == "https://iam.cn-north-4.myhuaweicloud.com"
     assert tenant.endpoint("cbr", "cn-north-4") == "http://h:1"
     text = BASE.replace("  password_env: CBR_PW\n", "  password_env: CBR_PW\n  password_file: null\n")

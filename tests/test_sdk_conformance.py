@@ -56,7 +56,8 @@ from crawler.emulator.estate import EnterpriseProject, Project
 from crawler.emulator.scenario import Scenario
 from crawler.emulator.server import EmulatorThread
 
-pytestmark = pytest.mark.filterwarnings("ignore::ImportWarning")
+# The official SDK against the emulator over real sockets: end-to-end (pytest -m "not e2e" skips).
+pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::ImportWarning")]
 
 REGION = "cn-north-4"
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")

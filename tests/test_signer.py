@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crawler import signer
+from crawler.support import signer
 
 AK = "EXAMPLEAKID123456789"
 SK = "EXAMPLESKexampleSK0123456789abcdefghijkl"

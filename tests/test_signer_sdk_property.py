@@ -32,7 +32,7 @@ from huaweicloudsdkcore.http.user_agent import user_agent_string  # type: ignore
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from crawler import signer
+from crawler.support import signer
 
 SDK_AGENT = "huaweicloud-usdk-python/3.0"
 SDK_RESERVED = {

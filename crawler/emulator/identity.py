@@ -25,10 +25,10 @@ from typing import Any, ClassVar, Literal
 
 import orjson
 
-from crawler import signer
 from crawler.emulator.estate import Domain, Estate, Project
 from crawler.emulator.gateway import GatewayError
 from crawler.emulator.scenario import IdentitySpec, derive_secret
+from crawler.support import signer
 
 Clock = Callable[[], float]
 

@@ -1,4 +1,4 @@
-"""crawler.auth without a network: masked reprs, the renewal margin, and signatures that verify."""
+"""crawler.pipeline.auth without a network: masked reprs, the renewal margin, and signatures that verify."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from crawler import signer
-from crawler.auth import (
+from crawler.errors import AuthFailedError
+from crawler.pipeline.auth import (
     DOMAIN_SCOPE,
     AccessKey,
     AgencyTokenAuth,
@@ -25,9 +25,9 @@ from crawler.auth import (
     mask,
     sign_into,
 )
-from crawler.client import USER_AGENT, ApiClient, ApiRequest, ApiResponse, Authenticator
-from crawler.errors import AuthFailedError
-from crawler.ratelimit import QuotaLimiter
+from crawler.pipeline.client import USER_AGENT, ApiClient, ApiRequest, ApiResponse, Authenticator
+from crawler.pipeline.ratelimit import QuotaLimiter
+from crawler.support import signer
 
 AK = "EXAMPLEAKID123456789"
 SK = "EXAMPLESKexampleSK0123456789abcdefghijkl"
@@ -461,7 +461,7 @@ async def test_a_failed_prefetch_is_forgotten_and_the_request_asks_again(
     client = FailingOnce(clock)
     auth = PasswordAuth(client, IAM, user="u", domain="acme", password=PASSWORD, source="env PW", clock=clock)
     await auth.authorize(iam_request(), {})
-    with caplog.at_level("DEBUG", logger="crawler.auth"):
+    with caplog.at_level("DEBUG", logger="crawler.pipeline.auth"):
         auth.prefetch(cbr_request("c" * 32))
         await _settle()
     assert client.failed and "prefetching a token" in caplog.text

@@ -1,4 +1,7 @@
-"""Exact de-duplication of a scope's ids, with memory bounded once a scope spills (crawler.dedupe)."""
+"""Exact de-duplication of a scope's ids, with memory bounded once a scope spills.
+
+(crawler.pipeline.dedupe)
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,9 @@ import uuid
 
 import pytest
 
-from crawler import dedupe
-from crawler.dedupe import RECENT_PAGES, ScopeIds, spill_threshold
 from crawler.errors import CrawlerError
-from crawler.paging import compact_id
+from crawler.pipeline import dedupe
+from crawler.pipeline.dedupe import RECENT_PAGES, ScopeIds, compact_id, spill_threshold
 
 PAGE = 10
 

@@ -61,6 +61,7 @@ def _result(proc: subprocess.Popen[str]) -> tuple[int, str]:
 # -- cron ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_cron_wrapper_sharded_run_is_merged_and_published(
     tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
 ) -> None:
@@ -82,6 +83,7 @@ def test_cron_wrapper_sharded_run_is_merged_and_published(
     assert sum(len(scope_ids(out, s)) for s in private) == emu.estate.backup_count
 
 
+@pytest.mark.e2e
 def test_cron_wrapper_propagates_incomplete_and_configuration_errors(
     tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
 ) -> None:
@@ -112,6 +114,7 @@ def test_cron_wrapper_propagates_incomplete_and_configuration_errors(
     assert "SHARDS=two" in stderr
 
 
+@pytest.mark.e2e
 def test_cron_wrapper_sigterm_exits_130_and_a_rerun_resumes(
     tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
 ) -> None:

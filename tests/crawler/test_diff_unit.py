@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from crawler.diff import diff_runs, find_previous_run
-from crawler.outputs import iter_lines
+from crawler.commands.diff import diff_runs, find_previous_run
+from crawler.commands.outputs import iter_lines
 
 KEY = "t/r/p/ep=-/private"
 
@@ -122,7 +122,7 @@ def test_scopes_that_appear_or_vanish(tmp_path: Path) -> None:
 def test_lines_stream_across_chunks_and_compressions(tmp_path: Path) -> None:
     import zstandard
 
-    from crawler import outputs
+    from crawler.commands import outputs
 
     lines = [orjson.dumps({"id": str(i), "pad": "x" * (i % 50)}) for i in range(3000)]
     data = b"\n".join(lines) + b"\n"
@@ -151,7 +151,7 @@ def test_previous_run_is_the_newest_complete_sibling(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", [b"not json", b'{"no": "manifest"}'])
 def test_unreadable_manifest_is_a_clear_error(tmp_path: Path, bad: bytes) -> None:
-    from crawler.outputs import OutputError
+    from crawler.commands.outputs import OutputError
 
     (tmp_path / "manifest.json").write_bytes(bad)
     with pytest.raises(OutputError, match="manifest"):

@@ -17,6 +17,8 @@ from crawler.emulator.estate import DomainSpec, EstateSpec
 from crawler.emulator.scenario import AgencySpec, IdentitySpec, Scenario
 from crawler.emulator.server import EmulatorThread
 
+pytestmark = pytest.mark.e2e  # against the emulator over real sockets (pytest -m "not e2e" skips)
+
 TWO_DOMAINS = EstateSpec(
     seed=31,
     regions=("cn-north-4", "ap-southeast-1"),

@@ -28,6 +28,8 @@ from crawler.emulator.scenario import (
 )
 from crawler.emulator.server import EmulatorThread
 
+pytestmark = pytest.mark.e2e  # against the emulator over real sockets (pytest -m "not e2e" skips)
+
 
 def _view(sets: dict[tuple[str, str, str], set[str]], project_id: str, own_type: str) -> set[str]:
     views = ("private", "shared") if own_type == "all_granted" else (own_type,)
@@ -54,7 +56,7 @@ ALL_FAULTS = (
 def test_churn_output_holds_every_backup_that_existed_throughout_once(
     with_faults: bool, spilled: bool, tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
 ) -> None:
-    """``spilled``: every scope keeps only its recent pages' ids in memory (crawler.dedupe), so a
+    """``spilled``: every scope keeps only its recent pages' ids in memory (crawler.pipeline.dedupe), so a
     drifting scope is rewritten by its marker pass instead of appended to."""
     faults = ALL_FAULTS if with_faults else ()
     scenario = Scenario(

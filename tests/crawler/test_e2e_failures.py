@@ -19,6 +19,8 @@ from crawler.emulator.estate import DomainSpec, EstateSpec
 from crawler.emulator.scenario import FaultsSpec, IdentitySpec, LatencySpec, Scenario, UserSpec
 from crawler.emulator.server import EmulatorThread
 
+pytestmark = pytest.mark.e2e  # against the emulator over real sockets (pytest -m "not e2e" skips)
+
 
 def test_forbidden_scope_fails_with_gateway_code_and_request_id_others_complete(
     tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
@@ -223,8 +225,8 @@ def test_a_scope_whose_commit_breaks_unexpectedly_is_reported_failed_never_lost(
     # Commits run in the background while workers go on: an unexpected error there (a bug, not a
     # full disk) must still put the scope in the manifest as failed, so the run cannot pass as
     # complete. Small scopes' commits end in a callback, streamed ones' in a task: both are broken.
-    from crawler import sink
     from crawler.cli import main
+    from crawler.pipeline import sink
 
     scenario = Scenario(
         seed=5,
@@ -238,15 +240,15 @@ def test_a_scope_whose_commit_breaks_unexpectedly_is_reported_failed_never_lost(
     broken: list[str] = []
     if how == "streamed files":
         monkeypatch.setattr(sink, "BUFFER_BYTES", 0)  # every scope with a record opens its file
-        commit = sink.FileScopeOutput.commit
+        finish = sink._FileWriter.finish
 
-        async def breaking_commit(self: sink.FileScopeOutput, complete: bool) -> list[sink.FileRecord]:
+        def breaking_finish(self: sink._FileWriter, destination: Path) -> tuple[int, str]:
             if not broken:
-                broken.append(self.relpath)
+                broken.append(str(destination))
                 raise RuntimeError("injected bug")
-            return await commit(self, complete)
+            return finish(self, destination)
 
-        monkeypatch.setattr(sink.FileScopeOutput, "commit", breaking_commit)
+        monkeypatch.setattr(sink._FileWriter, "finish", breaking_finish)
     else:
         monkeypatch.setattr(sink, "BUFFER_BYTES", 1 << 30)  # every scope is written whole
         write_file = sink._write_file

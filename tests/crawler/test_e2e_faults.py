@@ -25,6 +25,8 @@ from crawler.emulator.scenario import (
 )
 from crawler.emulator.server import EmulatorThread
 
+pytestmark = pytest.mark.e2e  # against the emulator over real sockets (pytest -m "not e2e" skips)
+
 CBR = "cbr.list_backups"
 FIVE_XX = (
     FaultSpec(kind="status", status=503, probability=0.04, api=CBR),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 from conftest import crawler_env, run_cli, write_tenant
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from crawler.emulator.estate import S_AVAILABLE, S_ERROR, DomainSpec, EstateSpec
 from crawler.emulator.scenario import Scenario
 from crawler.emulator.server import EmulatorThread
+
+pytestmark = pytest.mark.e2e  # against the emulator over real sockets (pytest -m "not e2e" skips)
 
 SCENARIO = Scenario(
     seed=21,

@@ -7,11 +7,14 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import run_cli, write_tenant
 
 from crawler.emulator.estate import DomainSpec, EstateSpec
 from crawler.emulator.scenario import Scenario
 from crawler.emulator.server import EmulatorThread
+
+pytestmark = pytest.mark.e2e  # against the emulator over real sockets (pytest -m "not e2e" skips)
 
 
 def test_plan_lists_every_scope_with_the_api_count(

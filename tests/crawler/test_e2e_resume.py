@@ -21,7 +21,9 @@ from conftest import crawler_env, read_ndjson, run_cli, scope_ids, write_tenant
 from crawler.emulator.estate import DomainSpec, EstateSpec
 from crawler.emulator.scenario import FaultsSpec, LatencySpec, Scenario
 from crawler.emulator.server import EmulatorThread
-from crawler.state import state_path
+from crawler.pipeline.state import state_path
+
+pytestmark = pytest.mark.e2e  # against the emulator over real sockets (pytest -m "not e2e" skips)
 
 CONCURRENCY = 2
 
@@ -68,7 +70,9 @@ def _start(config: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
 def _wait_for_final_files(proc: subprocess.Popen[str], out: Path, n: int) -> None:
     deadline = time.monotonic() + 60
     while len(list(out.rglob("*.ndjson"))) < n:
-        assert proc.poll() is None, "the crawl ended before it could be interrupted"
+        if proc.poll() is not None:  # say why: its stderr
+            stderr = proc.communicate()[1]
+            raise AssertionError("the crawl ended before it could be interrupted:\n" + stderr[-3000:])
         assert time.monotonic() < deadline, "no scope completed in time"
         time.sleep(0.02)
 
@@ -196,7 +200,7 @@ def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_run(
     emulator_factory: Callable[..., EmulatorThread],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    if spilled:  # every scope with backups keeps its ids in a temporary file (crawler.dedupe)
+    if spilled:  # every scope with backups keeps its ids in a temporary file (crawler.pipeline.dedupe)
         monkeypatch.setenv("CBR_CRAWLER_SPILL_AT", "0")
     emu = emulator_factory(SLOW)
     config = _tenant(tmp_path, emu.url)

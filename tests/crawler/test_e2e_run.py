@@ -8,11 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import crawler_env, read_ndjson, run_cli, scope_ids, write_tenant
 
 from crawler.emulator.estate import DomainSpec, EstateSpec
 from crawler.emulator.scenario import Scenario
 from crawler.emulator.server import EmulatorThread
+
+pytestmark = pytest.mark.e2e  # against the emulator over real sockets (pytest -m "not e2e" skips)
 
 BIG = Scenario(
     seed=11,
@@ -61,7 +64,7 @@ def test_three_tenants_100k_backups_equal_ground_truth(
         assert set(ids) == truth, scope["key"]
         assert scope["count"] == len(truth) == scope["records_written"]
         total += len(ids)
-    # One token per project, fetched ahead of its scopes (crawler.auth prefetch), never twice; plus
+    # One token per project, fetched ahead of its scopes (crawler.pipeline.auth prefetch), never twice; plus
     # discovery's domain token and its project list.
     for tenant in ("acme-prod", "globex-prod", "initech-prod"):
         [iam] = [

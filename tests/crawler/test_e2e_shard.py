@@ -11,12 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import crawler_env, run_cli, scope_ids, write_tenant
 
 from crawler.emulator.estate import DomainSpec, EstateSpec
 from crawler.emulator.scenario import Scenario
 from crawler.emulator.server import EmulatorThread
-from crawler.shard import SPLIT_RULE, shard_of
+from crawler.pipeline.shard import SPLIT_RULE, shard_of
+
+pytestmark = pytest.mark.e2e  # against the emulator over real sockets (pytest -m "not e2e" skips)
 
 SHARDS = 4
 RATE = 200.0

@@ -19,8 +19,8 @@ from conftest import crawler_env, write_tenant
 from crawler.emulator.estate import DomainSpec, EstateSpec
 from crawler.emulator.scenario import Scenario
 from crawler.emulator.server import EmulatorThread
-from crawler.engine import RunStats
-from crawler.progress import render_bar, run_progress, use_bar
+from crawler.pipeline.engine import RunStats
+from crawler.support.progress import render_bar, run_progress, use_bar
 
 
 class FakeTerminal(io.StringIO):
@@ -89,7 +89,7 @@ async def test_progress_lines_off_a_terminal() -> None:
             seen.append(record.getMessage())
             logged.set()
 
-    logger = logging.getLogger("crawler.runner")
+    logger = logging.getLogger("crawler.pipeline.runner")
     catch, level = Catch(), logger.level
     logger.addHandler(catch)
     logger.setLevel(logging.INFO)
@@ -105,6 +105,7 @@ async def test_progress_lines_off_a_terminal() -> None:
     assert stream.getvalue() == ""
 
 
+@pytest.mark.e2e
 def test_cli_on_a_terminal_draws_one_updating_line(
     tmp_path: Path, emulator_factory: Callable[..., EmulatorThread]
 ) -> None:

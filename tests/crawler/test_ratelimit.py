@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from crawler.ratelimit import STATED_MARGIN, QuotaLimiter, QuotaOwner, safe_rate, stated_rate
+from crawler.pipeline.ratelimit import STATED_MARGIN, QuotaLimiter, QuotaOwner, safe_rate, stated_rate
 
 OWNER = QuotaOwner("user:u@d", "cbr", "https://cbr.cn-north-4.myhuaweicloud.com")
 STATED = "The throttling threshold has been reached: policy user over ratelimit,limit:{limit},time:{time}"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from crawler.client import RetryPolicy, is_paced
 from crawler.errors import RetryableApiError, TransportError
-from crawler.ratelimit import QuotaLimiter, QuotaOwner
+from crawler.pipeline.client import RetryPolicy, is_paced
+from crawler.pipeline.ratelimit import QuotaLimiter, QuotaOwner
 
 OWNER = QuotaOwner("user:u@d", "cbr", "http://127.0.0.1")
 STATED = "The throttling threshold has been reached: policy user over ratelimit,limit:200,time:1 second"

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from crawler.cli import main
-from crawler.engine import TenantPlan
-from crawler.merge import MergeRefused, merge
-from crawler.ratelimit import QuotaOwner
-from crawler.scope import Scope
-from crawler.shard import (
+from crawler.commands.merge import MergeRefused, merge
+from crawler.pipeline.engine import TenantCrawl
+from crawler.pipeline.ratelimit import QuotaOwner
+from crawler.pipeline.scope import Scope
+from crawler.pipeline.shard import (
     SPLIT_RULE,
     Shard,
     ShardError,
@@ -62,7 +62,10 @@ def test_split_is_balanced_enough() -> None:
 def test_split_is_pinned_and_independent_of_python_hash_seed() -> None:
     # Pinned: the same scope goes to the same shard in every release (resume depends on it).
     assert [shard_of("acme-prod/cn-north-4/p1/ep=0/private", n) for n in (2, 3, 4, 7)] == [1, 1, 1, 5]
-    code = "from crawler.shard import shard_of; import sys; print([shard_of(k, 5) for k in sys.argv[1:]])"
+    code = (
+        "from crawler.pipeline.shard import shard_of; import sys; "
+        "print([shard_of(k, 5) for k in sys.argv[1:]])"
+    )
     runs = {
         subprocess.run(
             [sys.executable, "-c", code, *KEYS[:50]],
@@ -196,8 +199,8 @@ def test_each_shard_spends_its_share_of_every_quota_owner() -> None:
     assert abs(cbr.rate - 200 / 60 * 0.9 / 8) < 1e-9
 
 
-def _plan(name: str, scopes: list[Scope]) -> TenantPlan:
-    return TenantPlan(
+def _plan(name: str, scopes: list[Scope]) -> TenantCrawl:
+    return TenantCrawl(
         name=name,
         auth=None,  # type: ignore[arg-type]  # never called: only the scopes are looked at
         scopes=scopes,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from crawler.scope import Scope, ScopeResult
-from crawler.state import (
+from crawler.pipeline.scope import Scope, ScopeResult
+from crawler.pipeline.state import (
     RunRecord,
     RunState,
     StateDB,

@@ -19,10 +19,10 @@ from huaweicloudsdkcore.region.region import Region  # type: ignore[import-untyp
 from huaweicloudsdkeps.v1 import EpsClient, ListEnterpriseProjectRequest  # type: ignore[import-untyped]
 from yarl import URL
 
-from crawler import signer
 from crawler.emulator import identity as identity_module
 from crawler.emulator.scenario import Scenario
 from crawler.emulator.server import EmulatorServer
+from crawler.support import signer
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 

@@ -1,0 +1,266 @@
+"""Discovery: a tenant's projects (IAM) and enterprise projects (EPS), expanded into its scopes.
+
+:func:`discover_tenants` is the entry point: per tenant, its services (credential, endpoints,
+limiters), then its scopes: projects x enterprise projects x own_type views. A tenant whose
+credential cannot be read or whose discovery fails fails alone (a :class:`TenantFailure`).
+
+Projects and enterprise projects are global questions asked with a domain-scoped credential.
+Projects come from ``GET /v3/auth/projects`` (every project the caller can access, all regions, no
+paging); a region's projects are the one named exactly after the region and its ``<region>_<name>``
+sub-projects. The special ``MOS`` project (billing) is always skipped. Enterprise projects come from
+``GET /v1.0/enterprise-projects``, paged with ``limit``/``offset`` until ``total_count``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from crawler.config import TenantConfig
+from crawler.errors import AuthFailedError, BadResponseError, CrawlerError, CredentialRefused
+from crawler.pipeline.client import ApiClient, ApiRequest, Authenticator
+from crawler.pipeline.engine import TenantCrawl
+from crawler.pipeline.listbackups import list_backups_request
+from crawler.pipeline.ratelimit import LimiterRegistry, QuotaLimiter
+from crawler.pipeline.scope import Scope, TenantFailure
+from crawler.pipeline.tenant import TenantServices
+
+log = logging.getLogger(__name__)
+
+EPS_PAGE = 1000
+SKIPPED_PROJECTS = frozenset({"MOS"})
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: str
+    name: str
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnterpriseProject:
+    id: str
+    name: str
+    status: int
+
+
+def region_of(project_name: str, regions: Sequence[str]) -> str | None:
+    """The region a project belongs to, by Huawei's naming rule, or None."""
+    for region in regions:
+        if project_name == region or project_name.startswith(region + "_"):
+            return region
+    return None
+
+
+def matches(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    if include and not any(fnmatch.fnmatchcase(name, pattern) for pattern in include):
+        return False
+    return not any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)
+
+
+async def discover_projects(
+    client: ApiClient,
+    auth: Authenticator,
+    iam_base_url: str,
+    limiter: QuotaLimiter | None,
+    regions: Sequence[str],
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> list[Project]:
+    """The tenant's enabled projects in ``regions`` matching the name patterns, sorted by region, name."""
+    request = ApiRequest(service="iam", method="GET", base_url=iam_base_url, path="/v3/auth/projects")
+    response = await client.send(request, auth, limiter)
+    data = response.data
+    if not isinstance(data, dict) or not isinstance(data.get("projects"), list):
+        raise BadResponseError("IAM projects answer has no 'projects' list", request_id=response.request_id)
+    found: list[Project] = []
+    for item in data["projects"]:
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("id"), str)
+            or not isinstance(item.get("name"), str)
+        ):
+            raise BadResponseError("IAM project entry without id or name", request_id=response.request_id)
+        name = item["name"]
+        if name in SKIPPED_PROJECTS or item.get("enabled") is False:
+            continue
+        region = region_of(name, regions)
+        if region is None or not matches(name, include, exclude):
+            continue
+        found.append(Project(item["id"], name, region))
+    found.sort(key=lambda p: (regions.index(p.region), p.name))
+    return found
+
+
+async def discover_enterprise_projects(
+    client: ApiClient,
+    auth: Authenticator,
+    eps_base_url: str,
+    limiter: QuotaLimiter | None,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    enabled_only: bool = True,
+) -> list[EnterpriseProject]:
+    """Every enterprise project of the account (the default one, id "0", included)."""
+    found: list[EnterpriseProject] = []
+    offset = 0
+    while True:
+        query = [("limit", str(EPS_PAGE)), ("offset", str(offset))]
+        if enabled_only:
+            query.append(("status", "1"))
+        request = ApiRequest(
+            service="eps", method="GET", base_url=eps_base_url, path="/v1.0/enterprise-projects", query=query
+        )
+        response = await client.send(request, auth, limiter)
+        data = response.data
+        items = data.get("enterprise_projects") if isinstance(data, dict) else None
+        total = data.get("total_count") if isinstance(data, dict) else None
+        if not isinstance(items, list) or not isinstance(total, int):
+            raise BadResponseError(
+                "EPS answer has no 'enterprise_projects' list or 'total_count'",
+                request_id=response.request_id,
+            )
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+                raise BadResponseError("enterprise project without an id", request_id=response.request_id)
+            name = str(item.get("name", ""))
+            if matches(name, include, exclude):
+                found.append(EnterpriseProject(item["id"], name, int(item.get("status", 1))))
+        offset += len(items)
+        if not items or offset >= total:
+            break
+    return found
+
+
+async def discover_scopes(services: TenantServices) -> list[Scope]:
+    """The tenant's scopes: projects x enterprise projects x own_type views, in a stable order."""
+    cfg = services.config
+    client, auth = services.client, services.auth
+    regions = list(cfg.regions)
+    projects: list[tuple[str, str, str]]  # (region, id, name)
+    if cfg.projects.ids:
+        projects = [(regions[0], pid, pid) for pid in cfg.projects.ids] if len(regions) == 1 else []
+        if not projects:
+            # Explicit ids across several regions: ask IAM which region each id is in.
+            found = await discover_projects(
+                client, auth, services.iam.base_url, services.iam.limiter, regions
+            )
+            by_id = {p.id: p for p in found}
+            missing = [pid for pid in cfg.projects.ids if pid not in by_id]
+            if missing:
+                raise CrawlerError(f"project ids not found in regions {regions}: {', '.join(missing)}")
+            projects = [(by_id[pid].region, pid, by_id[pid].name) for pid in cfg.projects.ids]
+    else:
+        found = await discover_projects(
+            client,
+            auth,
+            services.iam.base_url,
+            services.iam.limiter,
+            regions,
+            include=list(cfg.projects.include),
+            exclude=list(cfg.projects.exclude),
+        )
+        projects = [(p.region, p.id, p.name) for p in found]
+
+    eps: list[str | None]
+    ep_cfg = cfg.enterprise_projects
+    if ep_cfg.mode == "none":
+        eps = [None]
+    elif ep_cfg.mode == "ids":
+        eps = list(ep_cfg.ids)
+    elif ep_cfg.mode == "all_granted":
+        eps = ["all_granted_eps"]
+    else:
+        found_eps = await discover_enterprise_projects(
+            client,
+            auth,
+            services.eps_endpoint(),
+            services.eps_limiter(),
+            include=list(ep_cfg.include),
+            exclude=list(ep_cfg.exclude),
+            enabled_only=ep_cfg.status == "enabled",
+        )
+        eps = [ep.id for ep in found_eps]
+
+    asked_iam_or_eps = not (cfg.projects.ids and len(regions) == 1) or ep_cfg.mode == "discover"
+    if not asked_iam_or_eps and projects:
+        await _check_credential(services, projects[0][0], projects[0][1])
+
+    filters = tuple(cfg.filters.to_query())
+    return [
+        Scope(services.name, region, pid, name, ep, own_type, filters)
+        for region, pid, name in projects
+        for ep in eps
+        for own_type in cfg.own_types
+    ]
+
+
+async def _check_credential(services: TenantServices, region: str, project_id: str) -> None:
+    """One small ListBackups call before the scopes fan out, when discovery asked nothing.
+
+    Without it a refused credential would be refused once per request in flight: as many
+    errors, and with AK/SK as many signature failures, which lock the key for everyone after
+    five. Only a refused credential (:class:`AuthFailedError`) stops the tenant; any other
+    error is left for the scopes to meet and report.
+    """
+    request = list_backups_request(services.cbr_endpoint(region), project_id, [("limit", "1")])
+    try:
+        await services.client.send(request, services.auth, services.cbr_limiter(region))
+    except AuthFailedError:
+        raise
+    except CrawlerError as exc:
+        log.debug("tenant %s: credential check inconclusive: %s", services.name, exc)
+
+
+async def discover_tenant(
+    config: TenantConfig, client: ApiClient, limiters: LimiterRegistry
+) -> TenantCrawl | TenantFailure:
+    """One tenant's crawl (its services and scopes), or why it cannot be crawled at all."""
+    name = config.name
+    try:
+        services = TenantServices(config, client, limiters)
+    except CrawlerError as exc:  # a secret that can't be read fails its tenant only
+        log.error("tenant %s: %s", name, exc)
+        return TenantFailure(name, "credentials", str(exc))
+    try:
+        scopes = await discover_scopes(services)
+    except AuthFailedError as exc:
+        error = CredentialRefused(name, services.auth.description, exc)
+        log.error("%s", error)
+        return TenantFailure(name, "discovery", str(error), exc.code, exc.request_id)
+    except CrawlerError as exc:
+        log.error("tenant %s: discovery failed: %s", name, exc)
+        return TenantFailure(
+            name,
+            "discovery",
+            f"tenant {name}: discovery failed: {exc}",
+            getattr(exc, "code", None),
+            getattr(exc, "request_id", None),
+        )
+    log.info("tenant %s: %d scopes to crawl", name, len(scopes))
+    return TenantCrawl(
+        name=name,
+        auth=services.auth,
+        scopes=scopes,
+        cbr_endpoint=services.cbr_endpoint,
+        cbr_limiter=services.cbr_limiter,
+        concurrency=config.rate_limit.concurrency,
+        page_size=config.rate_limit.page_size,
+        layout=config.output.layout,
+        compression=config.output.compression,
+        scope_deadline=config.timeouts.scope,
+    )
+
+
+async def discover_tenants(
+    tenants: Sequence[TenantConfig], client: ApiClient, limiters: LimiterRegistry
+) -> tuple[list[TenantCrawl], list[TenantFailure]]:
+    """Discover every tenant concurrently; a tenant that fails discovery fails alone."""
+    outcomes = await asyncio.gather(*(discover_tenant(cfg, client, limiters) for cfg in tenants))
+    crawls = sorted((o for o in outcomes if isinstance(o, TenantCrawl)), key=lambda c: c.name)
+    return crawls, [o for o in outcomes if isinstance(o, TenantFailure)]

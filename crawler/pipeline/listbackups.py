@@ -1,0 +1,90 @@
+"""The ListBackups API (``GET /v3/{project_id}/backups``): the request, and its answer decoded lazily.
+
+Every ListBackups call of the crawler (a scope's pages, ``plan``'s counts, discovery's credential
+check) is built by :func:`list_backups_request`, and every answer decoded by :func:`parse_page`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from crawler.errors import BadResponseError
+from crawler.pipeline.client import ApiRequest
+from crawler.pipeline.records import PROVENANCE_KEY
+
+
+def list_backups_request(base_url: str, project_id: str, query: Sequence[tuple[str, str]]) -> ApiRequest:
+    """A ListBackups request of ``project_id`` at the CBR endpoint ``base_url``."""
+    return ApiRequest(
+        service="cbr",
+        method="GET",
+        base_url=base_url,
+        path=f"/v3/{project_id}/backups",
+        query=query,
+        project_id=project_id,
+    )
+
+
+class _Page(msgspec.Struct):
+    backups: list[msgspec.Raw]
+    count: int
+
+
+class _RecordHead(msgspec.Struct):
+    """The only parts of a record the crawler reads; every other field is skipped, not parsed.
+
+    A record that already has the crawler's provenance key is noted, so that the writer does not
+    splice a second one in.
+    """
+
+    id: str
+    provenance: msgspec.Raw | msgspec.UnsetType = msgspec.field(name=PROVENANCE_KEY, default=msgspec.UNSET)
+
+
+_decode_page = msgspec.json.Decoder(_Page).decode
+_decode_head = msgspec.json.Decoder(_RecordHead).decode
+
+
+@dataclass(slots=True)
+class Page:
+    """A ListBackups page: each record's raw bytes exactly as the API sent them, and its id."""
+
+    records: list[bytes]
+    ids: list[str]
+    count: int
+    clashing: list[int]  # indexes of records that already carry a PROVENANCE_KEY field
+
+
+def parse_page(body: bytes, request_id: str | None) -> Page:
+    """Decode a ListBackups answer lazily; reject what is not a page, so that the client retries it.
+
+    Records are not parsed into objects: msgspec hands back each one's raw bytes, and only its
+    ``id`` is decoded. Writing those bytes keeps every field exactly as sent (unknown keys, number
+    formats, escapes) and costs a third of a full parse.
+    """
+    try:
+        page = _decode_page(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BadResponseError(
+            f"not a ListBackups page ({len(body)} bytes): {exc}", request_id=request_id
+        ) from exc
+    if page.count < 0:
+        raise BadResponseError(f"ListBackups answer has a bad 'count': {page.count}", request_id=request_id)
+    records: list[bytes] = []
+    ids: list[str] = []
+    clashing: list[int] = []
+    for index, raw in enumerate(page.backups):
+        try:
+            head = _decode_head(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise BadResponseError(f"backup #{index} of the page: {exc}", request_id=request_id) from exc
+        if not head.id:
+            raise BadResponseError(f"backup #{index} of the page has an empty 'id'", request_id=request_id)
+        if head.provenance is not msgspec.UNSET:
+            clashing.append(index)
+        records.append(bytes(raw))
+        ids.append(head.id)
+    return Page(records, ids, page.count, clashing)
