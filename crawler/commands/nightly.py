@@ -82,7 +82,7 @@ def after_run(
         except (OSError, CrawlerError, ValueError) as exc:
             log.warning("could not write the inventory report: %s", exc)
     elif root is None and not getattr(args, "no_report", False):
-        log.info("no inventory report with --output -: there are no files to read it from")
+        log.info("no inventory report: the output is not a local directory (--output - or an object store)")
     if getattr(args, "diff_against", None) and root is not None and not interrupted:
         _diff_after_run(args.diff_against, root, manifest)
     _metrics(args, manifest, code, report)

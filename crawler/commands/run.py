@@ -94,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # No manifest (the lock is held, the manifest could not be written...): metrics say "failed".
         after_failed_run(args, EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_INCOMPLETE)
         raise
-    print_summary(outcome.manifest, outcome.manifest_path)
+    print_summary(outcome.manifest, outcome.manifest_location)
     after_run(args, outcome.manifest, outcome.manifest_path, outcome.exit_code)  # report, diff, metrics
     return outcome.exit_code
 
@@ -118,7 +118,7 @@ def tuned_gc() -> Iterator[None]:
         gc.unfreeze()
 
 
-def print_summary(manifest: dict[str, Any], manifest_path: Path | None) -> None:
+def print_summary(manifest: dict[str, Any], manifest_path: Path | str | None) -> None:
     totals = manifest["totals"]
     by_status = ", ".join(f"{n} {s}" for s, n in sorted(totals["scopes_by_status"].items())) or "no scopes"
     lines = [

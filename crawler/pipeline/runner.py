@@ -30,6 +30,8 @@ from crawler.pipeline.dedupe import spill_threshold
 from crawler.pipeline.discovery import discover_tenants
 from crawler.pipeline.engine import Engine
 from crawler.pipeline.manifest import build_manifest, clear_success, seal
+from crawler.pipeline.objectsink import ObjectSink
+from crawler.pipeline.objectstore import ObjectLocation, StoreSettings, is_object_url, open_store
 from crawler.pipeline.ratelimit import LimiterRegistry
 from crawler.pipeline.scope import ScopeResult, TenantFailure
 from crawler.pipeline.shard import ShardRun
@@ -71,24 +73,41 @@ class RunOptions:
 class RunOutcome:
     exit_code: int
     manifest: dict[str, Any]
-    manifest_path: Path | None
+    manifest_path: Path | None  # the local manifest, if any (the nightly extras read the files)
+    manifest_location: str | None = None  # where the manifest went: a path or an s3:// URL
 
 
 async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> RunOutcome:
-    """Crawl every tenant; write files and the manifest; decide the exit code."""
-    spill_at = spill_threshold()  # a bad $CBR_CRAWLER_SPILL_AT fails before anything is touched
+    """Crawl every tenant; write files (or objects) and the manifest; decide the exit code."""
+    spill_threshold()  # a bad $CBR_CRAWLER_SPILL_AT fails before anything is touched
+    if is_object_url(options.output):
+        location = ObjectLocation.parse(options.output)
+        async with open_store(StoreSettings.from_env()) as store:
+            objects = ObjectSink(store, location)
+            await objects.check()  # a missing bucket or a refused credential fails before CBR is asked
+            await objects.clear_success()
+            return await _run(tenants, options, objects, None)
+    if options.output == "-":
+        return await _run(tenants, options, StdoutSink(), None)
+    root = Path(options.output)
+    lock = RunLock(root)
+    # File-system calls go to a thread like every other one: the output may be a slow mount.
+    await asyncio.to_thread(lock.acquire)
+    try:
+        # A marker left by an earlier run must not vouch for what this run is about to rewrite.
+        await asyncio.to_thread(clear_success, root)
+        return await _run(tenants, options, FileSink(root), root)
+    finally:
+        lock.release()
+
+
+async def _run(
+    tenants: Sequence[TenantConfig], options: RunOptions, sink: Sink, root: Path | None
+) -> RunOutcome:
+    spill_at = spill_threshold()
     digest = config_digest(list(tenants))
     started = utc_now_iso(milliseconds=False)
     t0 = time.monotonic()
-    root = None if options.output == "-" else Path(options.output)
-    lock = None
-    if root is not None:
-        lock = RunLock(root)
-        # File-system calls go to a thread like every other one: the output may be a slow mount.
-        await asyncio.to_thread(lock.acquire)
-        # A marker left by an earlier run must not vouch for what this run is about to rewrite.
-        await asyncio.to_thread(clear_success, root)
-    sink: Sink = StdoutSink() if root is None else FileSink(root)
     limiters = options.shard.limiters() if options.shard is not None else LimiterRegistry()
     stats = RunStats()
     engine: Engine | None = None
@@ -107,7 +126,10 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
             if state is not None and state.run is not None:
                 started, attempt = state.run.started_at, state.run.attempts
         elif options.resume == "resume":
-            log.warning("--resume needs an output directory: with --output - every run starts afresh")
+            log.warning(
+                "--resume needs an output directory: with --output - or an object store, "
+                "every run starts afresh"
+            )
         async with open_session(tenants) as session:
             client = ApiClient(session)
             crawls, failures = await discover_tenants(tenants, client, limiters)
@@ -152,9 +174,13 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
     if options.shard is not None:
         manifest["shard"] = options.shard.manifest_block()
     manifest_path = options.manifest_path if root is None else root / "manifest.json"
+    manifest_location: str | None = None
     try:
-        if manifest_path is not None:
+        if isinstance(sink, ObjectSink):
+            manifest_location = await sink.write_manifest(manifest)
+        elif manifest_path is not None:
             state = await _seal(manifest_path, manifest, state, interrupted)
+            manifest_location = str(manifest_path)
         if state is not None and not interrupted:
             try:
                 # The manifest is on disk: this run is over, and the next one starts afresh.
@@ -164,15 +190,13 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
     finally:
         if state is not None:
             await state.close()
-        if lock is not None:
-            lock.release()
     if interrupted:
         code = EXIT_INTERRUPTED
     elif manifest["status"] == "complete":
         code = EXIT_OK
     else:
         code = EXIT_INCOMPLETE
-    return RunOutcome(code, manifest, manifest_path)
+    return RunOutcome(code, manifest, manifest_path, manifest_location)
 
 
 async def _seal(

@@ -114,6 +114,8 @@ class Shard:
                 "--shard needs an output directory: each shard writes OUTPUT/shard-K-of-N/ for "
                 "`cbr-crawler merge` to join; standard output cannot be merged"
             )
+        if "://" in output:  # an object-store URL: the shard's own prefix below the run's
+            return f"{output.rstrip('/')}/{self.name}"
         return str(Path(output) / self.name)
 
 
