@@ -5,8 +5,10 @@ A client nobody here wrote signs, sends and deserialises every request: ``huawei
 (password token, temporary AK/SK, project lists) and ``huaweicloudsdkeps`` (enterprise projects).
 Every answer is compared with the estate's ground truth, field by field through the SDK's models.
 
-python-dateutil is not installed: the SDK then warns (``ImportWarning``) and keeps timestamps as the
-strings the API sent, which is why that warning is ignored here; the comparison accepts both forms.
+Without python-dateutil the SDK warns (``ImportWarning``) and keeps timestamps as the strings the
+API sent; with it (botocore brings it) it fails to parse the API's ``+00:00`` stamps, warns
+(``TypeConversionWarning``, ignored in pyproject.toml) and keeps the string as well. Both warnings are
+ignored here; the comparison accepts strings and datetimes.
 ``tests/conftest.py`` points HOME at a temporary directory before the SDK is imported.
 """
 

@@ -319,7 +319,9 @@ class OutputConfig(Model):
     """Where and how backup records are written."""
 
     directory: Annotated[str, Strict(), Field(min_length=1)] | None = Field(
-        default=None, description="Output root directory (the CLI's --output overrides it)."
+        default=None,
+        description="Output root: a directory, or s3://BUCKET/PREFIX (obs://... alike) for object "
+        "storage (the CLI's --output overrides it).",
     )
     layout: Annotated[str, Strict()] = Field(
         default=DEFAULT_LAYOUT,

@@ -31,6 +31,7 @@ from crawler.pipeline.discovery import discover_tenants
 from crawler.pipeline.engine import Engine
 from crawler.pipeline.manifest import build_manifest, clear_success, seal
 from crawler.pipeline.objectsink import ObjectSink
+from crawler.pipeline.objectstate import ObjectRunState, open_for_object_run
 from crawler.pipeline.objectstore import ObjectLocation, StoreSettings, is_object_url, open_store
 from crawler.pipeline.ratelimit import LimiterRegistry
 from crawler.pipeline.scope import ScopeResult, TenantFailure
@@ -86,7 +87,7 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
             objects = ObjectSink(store, location)
             await objects.check()  # a missing bucket or a refused credential fails before CBR is asked
             await objects.clear_success()
-            return await _run(tenants, options, objects, None)
+            return await _run(tenants, options, objects, None, ObjectRunState(store, location))
     if options.output == "-":
         return await _run(tenants, options, StdoutSink(), None)
     root = Path(options.output)
@@ -102,8 +103,14 @@ async def run_crawl(tenants: Sequence[TenantConfig], options: RunOptions) -> Run
 
 
 async def _run(
-    tenants: Sequence[TenantConfig], options: RunOptions, sink: Sink, root: Path | None
+    tenants: Sequence[TenantConfig],
+    options: RunOptions,
+    sink: Sink,
+    root: Path | None,
+    bucket_state: ObjectRunState | None = None,
 ) -> RunOutcome:
+    """One run on an opened output: ``root`` for a directory (its SQLite run state), ``bucket_state``
+    for a bucket (checkpoint objects), neither for standard output (no resume)."""
     spill_at = spill_threshold()
     digest = config_digest(list(tenants))
     started = utc_now_iso(milliseconds=False)
@@ -125,10 +132,16 @@ async def _run(
             set_run_id(options.run_id)
             if state is not None and state.run is not None:
                 started, attempt = state.run.started_at, state.run.attempts
+        elif bucket_state is not None:
+            _, options.run_id, done = await open_for_object_run(
+                bucket_state, digest, options.resume, options.run_id, options.run_id_given, started
+            )
+            set_run_id(options.run_id)
+            assert bucket_state.run is not None
+            started, attempt = bucket_state.run.started_at, bucket_state.run.attempts
         elif options.resume == "resume":
             log.warning(
-                "--resume needs an output directory: with --output - or an object store, "
-                "every run starts afresh"
+                "--resume needs an output directory or a bucket: with --output - every run starts afresh"
             )
         async with open_session(tenants) as session:
             client = ApiClient(session)
@@ -141,7 +154,7 @@ async def _run(
                 run_id=options.run_id,
                 stats=stats,
                 done=done,
-                checkpoints=state,
+                checkpoints=state if bucket_state is None else bucket_state,
                 spill_at=spill_at,
             )
             # A bar on a terminal, else a progress line every interval (crawler.support.progress).
@@ -178,6 +191,10 @@ async def _run(
     try:
         if isinstance(sink, ObjectSink):
             manifest_location = await sink.write_manifest(manifest)
+            if bucket_state is not None and bucket_state.run is not None:
+                await bucket_state.flush()
+                if not interrupted:
+                    await bucket_state.finish(manifest["status"])  # the next run starts afresh
         elif manifest_path is not None:
             state = await _seal(manifest_path, manifest, state, interrupted)
             manifest_location = str(manifest_path)

@@ -188,6 +188,28 @@ def test_kubernetes_cronjob_runs_an_indexed_job_of_shards_and_a_merge() -> None:
     assert "ConfigMap" in by_kind and "PersistentVolumeClaim" in by_kind
 
 
+def test_kubernetes_objectstore_cronjob_has_no_data_volume_and_resumes_from_the_bucket() -> None:
+    documents = list(yaml.safe_load_all((EXAMPLES / "kubernetes-cronjob-objectstore.yaml").read_text()))
+    by_kind = {d["kind"]: d for d in documents if d}
+    assert "PersistentVolumeClaim" not in by_kind
+    job = by_kind["CronJob"]["spec"]["jobTemplate"]["spec"]
+    assert job["parallelism"] == job["completions"] == 1, "one writer per prefix"
+    assert job["backoffLimit"] >= 1, "a killed pod is followed by one that resumes"
+    pod = job["template"]["spec"]
+    assert [v for v in pod["volumes"] if "configMap" not in v] == []
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["OUTPUT"]["value"].startswith("s3://") and "$(JOB_NAME)" in env["OUTPUT"]["value"]
+    assert env["CBR_CRAWLER_RUN_ID"]["value"] == "$(JOB_NAME)"
+    assert "secretKeyRef" in env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]
+    assert (
+        "exec cbr-crawler run" in "\n".join(container["args"])
+        and '--output "$OUTPUT"' in container["args"][0]
+    )
+    rules = {r["action"]: r for r in job["podFailurePolicy"]["rules"]}
+    assert rules["FailJob"]["onExitCodes"]["values"] == [1, 2]
+
+
 # -- Airflow ---------------------------------------------------------------------------------------
 
 

@@ -7,7 +7,11 @@ back with boto3, as a consumer of the inventory would.
 from __future__ import annotations
 
 import hashlib
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ import pytest
 from conftest import crawler_env, run_cli, write_tenant
 
 from crawler.emulator.estate import DomainSpec, EstateSpec
-from crawler.emulator.scenario import Scenario
+from crawler.emulator.scenario import FaultsSpec, LatencySpec, Scenario
 from crawler.emulator.server import EmulatorThread
 
 pytestmark = pytest.mark.e2e  # against the emulator and an S3 server over real sockets
@@ -124,8 +128,14 @@ def test_a_crawl_to_a_bucket_matches_the_same_crawl_to_disk(
     # Same layout and names as the file output, and every object as the manifest lists it.
     listed = {f["path"]: f for s in manifest["scopes"] for f in s["files"]}
     assert set(listed) == {f["path"] for s in disk_manifest["scopes"] for f in s["files"]}
-    data_keys = {k.removeprefix("runs/2026-12-05/") for k in _keys(bucket, "runs/2026-12-05/")}
-    assert data_keys == set(listed) | {"manifest.json", "_SUCCESS"}
+    keys = {k.removeprefix("runs/2026-12-05/") for k in _keys(bucket, "runs/2026-12-05/")}
+    assert {k for k in keys if not k.startswith(".cbr-crawler/")} == set(listed) | {
+        "manifest.json",
+        "_SUCCESS",
+    }
+    # The run state (the file output's .cbr-crawler/state.sqlite): finished, so the next run is new.
+    run = orjson.loads(_body(bucket, "runs/2026-12-05/.cbr-crawler/run.json"))
+    assert (run["run_id"], run["status"], run["attempts"]) == (manifest["run_id"], "complete", 1)
     total = 0
     for path, entry in listed.items():
         body = _body(bucket, f"runs/2026-12-05/{path}")
@@ -272,3 +282,78 @@ async def test_a_discarded_scope_leaves_no_upload_and_can_be_written_afresh(
     body = _body(bucket, f"fresh/{record.path}")
     assert body == line % 0 and record.records == 1
     assert record.sha256 == hashlib.sha256(body).hexdigest()
+
+
+# Three projects of ~10k backups (~13 MB each: multipart uploads) served slowly enough that a kill
+# lands with an upload open and some scopes already checkpointed.
+KILLABLE = Scenario(
+    seed=6,
+    estate=EstateSpec(
+        seed=6,
+        regions=("cn-north-4",),
+        domains=(DomainSpec("acme", backups=30000, subprojects=2, enterprise_projects=1),),
+    ),
+    faults=FaultsSpec(latency=(LatencySpec(api="cbr.list_backups", ms=15),)),
+)
+
+
+def test_a_pod_killed_mid_upload_is_continued_by_a_new_one_from_the_bucket(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread], s3: dict[str, str], bucket: Any
+) -> None:
+    emu = emulator_factory(KILLABLE)
+    config = _tenant(
+        tmp_path,
+        emu,
+        own_types=["private"],
+        rate_limit={"requests_per_second": 200, "concurrency": 2, "page_size": 200},
+    )
+    env = crawler_env(**s3, HOME=str(tmp_path))
+    baseline = run_cli("run", "--config", str(config), "--output", f"s3://{BUCKET}/base", env=env)
+    assert baseline.returncode == 0, baseline.stderr[-3000:]
+
+    url = f"s3://{BUCKET}/run"
+    first_pod = subprocess.Popen(
+        [sys.executable, "-m", "crawler", "run", "--config", str(config), "--output", url],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while not (
+            any("/checkpoints/" in k for k in _keys(bucket, "run/.cbr-crawler/"))
+            and bucket.list_multipart_uploads(Bucket=BUCKET, Prefix="run/").get("Uploads")
+        ):
+            assert first_pod.poll() is None, "the crawl ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint with an upload open in time"
+            time.sleep(0.05)
+        first_pod.send_signal(signal.SIGKILL)
+        first_pod.communicate(timeout=60)
+    finally:
+        if first_pod.poll() is None:
+            first_pod.kill()
+    assert not _keys(bucket, "run/manifest.json") and not _keys(bucket, "run/_SUCCESS")
+    recorded = orjson.loads(_body(bucket, "run/.cbr-crawler/run.json"))
+
+    fresh_dir = tmp_path / "new-pod"  # a new pod: nothing on its disk
+    fresh_dir.mkdir()
+    second_pod = subprocess.run(
+        [sys.executable, "-m", "crawler", "run", "--config", str(config), "--output", url],
+        env=env, cwd=fresh_dir, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+
+    assert second_pod.returncode == 0, second_pod.stderr[-3000:]
+    assert "resuming run" in second_pod.stderr and "aborted 1 unfinished upload" in second_pod.stderr
+    manifest = orjson.loads(_body(bucket, "run/manifest.json"))
+    base = orjson.loads(_body(bucket, "base/manifest.json"))
+    assert manifest["status"] == "complete" and manifest["run_id"] == recorded["run_id"]
+    assert manifest["resume"]["attempt"] == 2 and manifest["resume"]["scopes_from_checkpoint"] >= 1
+    assert not bucket.list_multipart_uploads(Bucket=BUCKET).get("Uploads"), "no parts left billed"
+    for scope in base["scopes"]:
+        [file] = scope["files"]
+        ids = [orjson.loads(line)["id"] for line in _body(bucket, f"run/{file['path']}").splitlines()]
+        assert len(ids) == len(set(ids)) == file["records"]
+        assert set(ids) == emu.estate.truth_ids(scope["project_id"], "private", None)
+    data = {k for k in _keys(bucket, "run/") if "/.cbr-crawler/" not in k}
+    assert data == {f"run/{f['path']}" for s in base["scopes"] for f in s["files"]} | {
+        "run/manifest.json",
+        "run/_SUCCESS",
+    }
