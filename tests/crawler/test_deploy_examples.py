@@ -301,3 +301,36 @@ def test_airflow_dag_maps_shards_and_exit_codes(stub_airflow: dict[str, Any]) ->
             check(exit_code, "shard 0")
         # AirflowFailException: failed, not retried; a plain AirflowException: retried.
         assert type(info.value) is expected, exit_code
+
+
+def test_airflow_objectstore_dag_crawls_to_a_bucket_and_maps_exit_codes(
+    stub_airflow: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = EXAMPLES / "airflow_cbr_crawler_objectstore_dag.py"
+    namespace: dict[str, Any] = {"__name__": "cbr_crawler_objectstore_dag"}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+
+    [dag_kwargs] = stub_airflow["dags"]
+    assert dag_kwargs["max_active_runs"] == 1 and dag_kwargs["default_args"]["retries"] >= 1
+    [crawl] = [t for t in stub_airflow["tasks"] if t.fn.__name__ == "crawl_to_bucket"]
+    # Run the task body with a DAG run's context: the command it starts is what a user would type.
+    started: list[list[str]] = []
+
+    def fake_run(command: list[str], check: bool) -> Any:
+        started.append(command)
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(namespace["subprocess"], "run", fake_run)
+    namespace["get_current_context"] = lambda: {"ts_nodash": "20261205T020000", "ds": "2026-12-05"}
+    crawl.fn()
+    [command] = started
+    assert command[1:3] == ["run", "--config"]
+    assert command[command.index("--output") + 1] == "s3://inventory/cbr/2026-12-05"
+    assert command[command.index("--run-id") + 1] == "airflow-20261205T020000"
+
+    check = namespace["raise_for_exit_code"]
+    fail, retry = stub_airflow["AirflowFailException"], stub_airflow["AirflowException"]
+    for exit_code, expected in ((1, fail), (2, fail), (130, retry), (137, retry)):
+        with pytest.raises(retry) as info:
+            check(exit_code, "crawl")
+        assert type(info.value) is expected, exit_code
