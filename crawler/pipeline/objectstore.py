@@ -182,7 +182,8 @@ async def open_store(settings: StoreSettings) -> AsyncIterator[Any]:
         if os.environ.get(name):
             register_secret(os.environ[name])
     # "Found credentials in environment variables" on every run says nothing an operator needs.
-    logging.getLogger("botocore.credentials").setLevel(logging.WARNING)
+    for name in ("botocore.credentials", "aiobotocore.credentials"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     session = get_session()
     async with session.create_client(
         "s3", endpoint_url=settings.endpoint_url, config=config, **settings.credentials()

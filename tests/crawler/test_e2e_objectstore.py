@@ -6,6 +6,7 @@ back with boto3, as a consumer of the inventory would.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import signal
 import socket
@@ -244,6 +245,10 @@ async def test_a_failed_scope_bigger_than_a_part_aborts_its_upload_and_a_small_o
         big = sink.open("acme/p1/backups.private.no-ep.ndjson")
         for n in range(objectsink.PART_SIZE // 1000 + 100):  # a part shipped, more held
             await big.write(line % n, 1)
+        for _ in range(500):  # parts go in the background while the next one fills
+            if bucket.list_multipart_uploads(Bucket=BUCKET).get("Uploads"):
+                break
+            await asyncio.sleep(0.01)
         assert bucket.list_multipart_uploads(Bucket=BUCKET).get("Uploads"), "the upload is under way"
         small = sink.open("acme/p2/backups.private.no-ep.ndjson")
         await small.write(line % 1, 1)
@@ -293,7 +298,7 @@ KILLABLE = Scenario(
         regions=("cn-north-4",),
         domains=(DomainSpec("acme", backups=30000, subprojects=2, enterprise_projects=1),),
     ),
-    faults=FaultsSpec(latency=(LatencySpec(api="cbr.list_backups", ms=15),)),
+    faults=FaultsSpec(latency=(LatencySpec(api="cbr.list_backups", ms=40),)),
 )
 
 
@@ -305,7 +310,7 @@ def test_a_pod_killed_mid_upload_is_continued_by_a_new_one_from_the_bucket(
         tmp_path,
         emu,
         own_types=["private"],
-        rate_limit={"requests_per_second": 200, "concurrency": 2, "page_size": 200},
+        rate_limit={"requests_per_second": 200, "concurrency": 2, "page_size": 100},
     )
     env = crawler_env(**s3, HOME=str(tmp_path))
     baseline = run_cli("run", "--config", str(config), "--output", f"s3://{BUCKET}/base", env=env)
