@@ -126,3 +126,26 @@ async def test_cancelling_the_writer_cancels_what_is_queued(pool: ThreadPoolExec
     write.release.set()
     await asyncio.sleep(0.05)
     assert first.cancelled() and queued.cancelled()
+
+
+async def test_an_async_write_is_awaited_on_the_loop_with_the_same_batching() -> None:
+    # The bucket's checkpoints: the store's API is async, so no thread is involved.
+    batches: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def write(batch: list[str]) -> list[str | Exception]:
+        batches.append(list(batch))
+        await release.wait()
+        if "bad" in batch:
+            raise RuntimeError("the store said no")
+        return [item.upper() for item in batch]
+
+    group: GroupCommit[str, str] = GroupCommit(write, None)
+    first = group.submit("a")
+    await _until(lambda: batches)
+    later = [group.submit(x) for x in ("b", "bad")]
+    release.set()
+    assert await first == "A"
+    outcomes = await asyncio.gather(*later, return_exceptions=True)
+    assert all(isinstance(o, RuntimeError) for o in outcomes), "a raising write fails its whole batch"
+    assert batches == [["a"], ["b", "bad"]]

@@ -133,14 +133,9 @@ class ObjectScopeOutput:
 
     async def _ship(self, part: bytes) -> None:
         """Upload one part (starting the upload first if needed); an error is an OSError."""
-        step = asyncio.ensure_future(self._upload_part(part))
-        self._pending = step
-        try:
-            await asyncio.shield(step)
-        except OSError:
-            raise
-        except Exception as exc:  # pragma: no cover - _upload_part maps every store error
-            raise OSError(str(exc)) from exc
+        # Shielded: an interrupted caller leaves the step running, and discard() waits for it.
+        self._pending = asyncio.ensure_future(self._upload_part(part))
+        await asyncio.shield(self._pending)
 
     async def _upload_part(self, part: bytes) -> None:
         client, bucket, key = self._sink.client, self._sink.location.bucket, self._key

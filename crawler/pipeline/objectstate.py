@@ -28,8 +28,8 @@ import orjson
 
 from crawler.pipeline.objectstore import ObjectLocation, StoreError, store_error
 from crawler.pipeline.scope import ScopeResult
-from crawler.pipeline.state import ResumeMode, RunRecord, decide, result_from_dict
-from crawler.support.logs import set_run_id
+from crawler.pipeline.state import ResumeMode, RunRecord, result_from_dict, resume_or_begin
+from crawler.support.groupcommit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,10 @@ class ObjectRunState:
         self._client = client
         self._location = location
         self.run: RunRecord | None = None
-        self._queue: list[dict[str, Any]] = []
-        self._writer: asyncio.Task[None] | None = None
-        self._hurry = asyncio.Event()
+        # Completed scopes' entries, one checkpoint object per batch (the sink's batching helper).
+        self._batches: GroupCommit[dict[str, Any], None] = GroupCommit(
+            self._write_batch, None, interval=CHECKPOINT_INTERVAL, name="bucket-checkpoints"
+        )
         self._sequence = 0
         self.failed = False
 
@@ -153,41 +154,25 @@ class ObjectRunState:
 
     # -- the engine's Checkpoints ---------------------------------------------------------------
 
-    def checkpoint(self, result: ScopeResult) -> None:
-        self._queue.append(result.entry())
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(
-                self._write_batches(), name="bucket-checkpoints"
-            )
+    def checkpoint(self, result: ScopeResult) -> asyncio.Future[None]:
+        return self._batches.submit(result.entry())
 
     async def flush(self) -> None:
-        self._hurry.set()
-        while self._writer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._writer)
+        await self._batches.flush()
 
-    async def _write_batches(self) -> None:
+    async def _write_batch(self, batch: list[dict[str, Any]]) -> list[None]:
+        assert self.run is not None
+        self._sequence += 1
+        name = f"checkpoints/{self.run.run_id}/{self.run.attempts:04d}-{self._sequence:06d}.ndjson"
         try:
-            while self._queue:
-                if not self._hurry.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._hurry.wait(), CHECKPOINT_INTERVAL)
-                self._hurry.clear()
-                batch, self._queue = self._queue, []
-                assert self.run is not None
-                self._sequence += 1
-                name = f"checkpoints/{self.run.run_id}/{self.run.attempts:04d}-{self._sequence:06d}.ndjson"
-                try:
-                    await self._put(
-                        name, b"".join(orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE) for e in batch)
-                    )
-                except StoreError as exc:
-                    # The objects are written; only a resume would fetch these scopes again.
-                    if not self.failed:
-                        log.warning("could not checkpoint %d scope(s): %s", len(batch), exc)
-                    self.failed = True
-        finally:
-            self._writer = None
+            await self._put(name, b"".join(orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE) for e in batch))
+        except StoreError as exc:
+            # The objects are written; only a resume would fetch these scopes again.
+            if not self.failed:
+                log.warning("could not checkpoint %d scope(s): %s", len(batch), exc)
+            self.failed = True
+            raise
+        return [None] * len(batch)
 
     async def finish(self, status: str) -> None:
         from crawler.support.clock import utc_now_iso
@@ -202,27 +187,10 @@ class ObjectRunState:
 
 async def open_for_object_run(
     state: ObjectRunState, config_digest: str, mode: ResumeMode, run_id: str, run_id_given: bool, started: str
-) -> tuple[ObjectRunState, str, dict[str, ScopeResult]]:
-    """Resume the bucket's unfinished run of this config, or begin one (as state.open_for_run)."""
+) -> tuple[str, dict[str, ScopeResult]]:
+    """Resume the bucket's unfinished run of this config, or begin one (the rules of state.decide)."""
     aborted = await state.abort_leftover_uploads()
     if aborted:
         log.info("aborted %d unfinished upload(s) left by an interrupted run", aborted)
-    recorded = await state.load()
-    decision = decide(recorded, config_digest, mode, run_id if run_id_given else None)
-    if decision.resume:
-        run = await state.resume()
-        set_run_id(run.run_id)
-        done = await state.completed_scopes()
-        log.info(
-            "resuming run %s (%s): %d scope(s) already complete are kept, not fetched again",
-            run.run_id,
-            decision.reason,
-            len(done),
-        )
-        return state, run.run_id, done
-    if mode == "resume":
-        log.warning("--resume: nothing to resume (%s); starting a new run %s", decision.reason, run_id)
-    else:
-        log.info("starting run %s (%s)", run_id, decision.reason)
-    await state.begin(run_id, config_digest, started)
-    return state, run_id, {}
+    await state.load()
+    return await resume_or_begin(state, config_digest, mode, run_id, run_id_given, started)

@@ -133,7 +133,7 @@ async def _run(
             if state is not None and state.run is not None:
                 started, attempt = state.run.started_at, state.run.attempts
         elif bucket_state is not None:
-            _, options.run_id, done = await open_for_object_run(
+            options.run_id, done = await open_for_object_run(
                 bucket_state, digest, options.resume, options.run_id, options.run_id_given, started
             )
             set_run_id(options.run_id)

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import orjson
 
@@ -437,6 +437,42 @@ class RunState:
         self._executor.shutdown(wait=False)
 
 
+class ResumableState(Protocol):
+    """A run state in a directory (:class:`RunState`) or a bucket (``objectstate.ObjectRunState``)."""
+
+    run: RunRecord | None
+
+    async def resume(self) -> RunRecord: ...
+
+    async def completed_scopes(self) -> dict[str, ScopeResult]: ...
+
+    async def begin(self, run_id: str, config_digest: str, started_at: str) -> object: ...
+
+
+async def resume_or_begin(
+    state: ResumableState, config_digest: str, mode: ResumeMode, run_id: str, run_id_given: bool, started: str
+) -> tuple[str, dict[str, ScopeResult]]:
+    """Continue the recorded run (its id, its completed scopes) or begin a new one (:func:`decide`)."""
+    decision = decide(state.run, config_digest, mode, run_id if run_id_given else None)
+    if decision.resume:
+        run = await state.resume()
+        set_run_id(run.run_id)  # this line and every later one carry the resumed run's id
+        done = await state.completed_scopes()
+        log.info(
+            "resuming run %s (%s): %d scope(s) already complete are kept, not fetched again",
+            run.run_id,
+            decision.reason,
+            len(done),
+        )
+        return run.run_id, done
+    if mode == "resume":
+        log.warning("--resume: nothing to resume (%s); starting a new run %s", decision.reason, run_id)
+    else:
+        log.info("starting run %s (%s)", run_id, decision.reason)
+    await state.begin(run_id, config_digest, started)
+    return run_id, {}
+
+
 async def open_for_run(
     root: Path, config_digest: str, mode: ResumeMode, run_id: str, run_id_given: bool, started: str
 ) -> tuple[RunState | None, str, dict[str, ScopeResult]]:
@@ -457,24 +493,8 @@ async def open_for_run(
     if note is not None:
         log.warning("%s", note)
     try:
-        decision = decide(state.run, config_digest, mode, run_id if run_id_given else None)
-        if decision.resume:
-            run = await state.resume()
-            set_run_id(run.run_id)  # this line and every later one carry the resumed run's id
-            done = await state.completed_scopes()
-            log.info(
-                "resuming run %s (%s): %d scope(s) already complete are kept, not fetched again",
-                run.run_id,
-                decision.reason,
-                len(done),
-            )
-            return state, run.run_id, done
-        if mode == "resume":
-            log.warning("--resume: nothing to resume (%s); starting a new run %s", decision.reason, run_id)
-        else:
-            log.info("starting run %s (%s)", run_id, decision.reason)
-        await state.begin(run_id, config_digest, started)
-        return state, run_id, {}
+        run_id, done = await resume_or_begin(state, config_digest, mode, run_id, run_id_given, started)
+        return state, run_id, done
     except (OSError, sqlite3.Error, StateError) as exc:
         await state.close()
         log.warning("cannot use the run state in %s (%s): this run could not be resumed", root, exc)

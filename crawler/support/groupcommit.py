@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
@@ -19,7 +20,8 @@ R = TypeVar("R")
 
 
 class GroupCommit(Generic[T, R]):
-    """Batches of ``T`` written by ``write`` (blocking, run in ``executor``), one future per item.
+    """Batches of ``T`` written by ``write``, one future per item: a blocking ``write`` runs in
+    ``executor``, a coroutine function on the event loop (its ``executor`` is unused).
 
     ``write(batch)`` returns one outcome per item: a result, or the exception that failed that
     item alone; if it raises, every item of the batch fails with that error (later batches are
@@ -32,7 +34,8 @@ class GroupCommit(Generic[T, R]):
 
     def __init__(
         self,
-        write: Callable[[list[T]], Sequence[R | Exception]],
+        write: Callable[[list[T]], Sequence[R | Exception]]
+        | Callable[[list[T]], Awaitable[Sequence[R | Exception]]],
         executor: Executor | None,
         *,
         interval: float = 0.0,
@@ -74,10 +77,12 @@ class GroupCommit(Generic[T, R]):
                 self._hurry.clear()
                 self._last_batch = loop.time()
                 batch, self._queue = self._queue, []
+                items = [item for item, _ in batch]
                 try:
-                    outcomes = await loop.run_in_executor(
-                        self._executor, self._write, [item for item, _ in batch]
-                    )
+                    if inspect.iscoroutinefunction(self._write):
+                        outcomes = await self._write(items)  # an async write (a store's API)
+                    else:
+                        outcomes = await loop.run_in_executor(self._executor, self._write, items)
                 except asyncio.CancelledError:
                     # No writer is left to answer what is queued: every caller is told.
                     for _, done in [*batch, *self._queue]:
