@@ -33,16 +33,16 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 import msgspec
 import orjson
 
 from crawler.commands.outputs import OutputError, iter_scope_lines, load_manifest, missing_files, output_root
+from crawler.commands.places import Place, Where, place
 from crawler.pipeline.dedupe import compact_id
+from crawler.pipeline.objectstore import StoreError
 from crawler.pipeline.records import PROVENANCE_KEY
-from crawler.support.files import atomic_file, atomic_write
 from crawler.support.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,8 @@ class ScopeDiff:
 class DiffResult:
     """The summary of a diff (written as ``diff.json``)."""
 
-    old_root: Path
-    new_root: Path
+    old_root: Place
+    new_root: Place
     old_run_id: str | None
     new_run_id: str | None
     scopes: list[ScopeDiff] = field(default_factory=list)
@@ -271,7 +271,7 @@ def _shard(manifest: dict[str, Any]) -> tuple[Any, Any] | None:
     return (block.get("index"), block.get("count")) if isinstance(block, dict) else None
 
 
-def _unusable(root: Path, scope: dict[str, Any] | None, side: str) -> str | None:
+def _unusable(root: Place, scope: dict[str, Any] | None, side: str) -> str | None:
     if scope is None:
         return f"not in the {side} run"
     if scope.get("status") != "complete":
@@ -282,11 +282,14 @@ def _unusable(root: Path, scope: dict[str, Any] | None, side: str) -> str | None
     return None
 
 
-def diff_runs(old: Path, new: Path, emit: Emit, *, before_budget: int = DEFAULT_BEFORE_BUDGET) -> DiffResult:
+def diff_runs(
+    old: Where, new: Where, emit: Emit, *, before_budget: int = DEFAULT_BEFORE_BUDGET
+) -> DiffResult:
     """Compare two run outputs (directories or their manifest files); ``emit`` gets each NDJSON line.
 
     Blocking: run it in a thread from async code.
     """
+    old, new = place(old), place(new)
     old_manifest, new_manifest = load_manifest(old), load_manifest(new)
     old_root, new_root = output_root(old), output_root(new)
     result = DiffResult(old_root, new_root, old_manifest.get("run_id"), new_manifest.get("run_id"))
@@ -338,24 +341,23 @@ def _whole_scope(key: str, status: str, change: str, lines: Iterator[bytes], emi
 
 
 def write_diff(
-    old: Path, new: Path, output: str, *, before_budget: int = DEFAULT_BEFORE_BUDGET
+    old: Where, new: Where, output: Where, *, before_budget: int = DEFAULT_BEFORE_BUDGET
 ) -> DiffResult:
-    """Diff ``old`` against ``new`` into ``output``: a directory (``changes.ndjson`` and ``diff.json``,
-    each appearing whole), or ``-`` for the changes on standard output. Blocking."""
+    """Diff ``old`` against ``new`` into ``output``: a directory or bucket prefix (``changes.ndjson``
+    and ``diff.json``, each appearing whole), or ``-`` for the changes on standard output. Blocking."""
     if output == "-":
         out = sys.stdout.buffer
         result = diff_runs(old, new, out.write, before_budget=before_budget)
         out.flush()
         return result
-    directory = Path(output)
+    directory = place(output)
     final = directory / CHANGES_FILE
-    with atomic_file(final, buffering=1 << 20) as fh:
+    with final.writer() as fh:
         result = diff_runs(old, new, fh.write, before_budget=before_budget)
     summary = result.as_dict()
     summary["changes_file"] = str(final)
-    atomic_write(
-        directory / SUMMARY_FILE,
-        orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE),
+    (directory / SUMMARY_FILE).write_bytes(
+        orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
     )
     return result
 
@@ -375,30 +377,31 @@ def report_diff(result: DiffResult, stream: IO[str] | None = None) -> None:
 def run_diff(old: str, new: str, output: str) -> int:
     """``cbr-crawler diff``: 0 every scope compared, 1 some skipped, 2 an output unreadable."""
     try:
-        result = write_diff(Path(old), Path(new), output)
-    except OutputError as exc:
+        result = write_diff(place(old), place(new), output)
+    except (OutputError, StoreError) as exc:
         print(f"cbr-crawler diff: {exc}", file=sys.stderr)
         return EXIT_DIFF_USAGE
     report_diff(result)
     if output != "-":
         print(
-            f"  changes: {Path(output) / CHANGES_FILE}, summary: {Path(output) / SUMMARY_FILE}",
+            f"  changes: {place(output) / CHANGES_FILE}, summary: {place(output) / SUMMARY_FILE}",
             file=sys.stderr,
         )
     return EXIT_DIFF_SKIPPED if result.skipped else EXIT_DIFF_OK
 
 
-def find_previous_run(output: Path, before: str | None = None) -> Path | None:
+def find_previous_run(where: Where, before: str | None = None) -> Place | None:
     """The newest complete run among ``output``'s sibling directories (nightly runs side by side,
-    e.g. ``/data/cbr/2026-11-26`` next to ``/data/cbr/2026-11-27``), finished before ``before``."""
-    best: tuple[str, Path] | None = None
-    parent = output.resolve().parent
+    e.g. ``/data/cbr/2026-11-26`` next to ``/data/cbr/2026-11-27``, or the same under a bucket
+    prefix), finished before ``before``."""
+    best: tuple[str, Place] | None = None
+    output = place(where)
     try:
-        siblings = list(parent.iterdir())
+        siblings = output.parent.subdirs()
     except OSError:
         return None
     for sibling in siblings:
-        if sibling.resolve() == output.resolve() or not (sibling / "manifest.json").is_file():
+        if sibling.same(output) or not (sibling / "manifest.json").is_file():
             continue
         try:
             manifest = load_manifest(sibling)
@@ -416,13 +419,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     diff = sub.add_parser(
         "diff", help="backups added, removed and changed between two runs (their output directories)"
     )
-    diff.add_argument("old", help="the earlier run's output directory (or its manifest.json)")
-    diff.add_argument("new", help="the later run's output directory (or its manifest.json)")
+    diff.add_argument("old", help="the earlier run's output directory or s3:// prefix (or its manifest.json)")
+    diff.add_argument("new", help="the later run's output directory or s3:// prefix (or its manifest.json)")
     diff.add_argument(
         "--output",
         "-o",
         default="-",
-        help="directory for changes.ndjson and diff.json, or '-' (default) for the changes on stdout",
+        help="directory or s3:// prefix for changes.ndjson and diff.json, or '-' (default) for the changes "
+        "on stdout",
     )
     diff.set_defaults(func=cmd_diff)
 

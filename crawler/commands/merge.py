@@ -19,20 +19,20 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import fcntl
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from crawler import __version__
-from crawler.pipeline.manifest import MANIFEST, SUCCESS, clear_success, write_manifest
+from crawler.commands.places import Place, place
+from crawler.pipeline.manifest import MANIFEST, SUCCESS
+from crawler.pipeline.objectstore import StoreError
 from crawler.pipeline.shard import (
     ENV_COUNT,
     SPLIT_RULE,
@@ -41,7 +41,6 @@ from crawler.pipeline.shard import (
     parse_shard_dir_name,
     shard_of,
 )
-from crawler.pipeline.state import RunLock
 from crawler.support.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,6 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
 EXIT_REFUSED = 2
-LOCK_NAME = RunLock.FILE  # the run lock a shard holds while it runs
 POLL_SECONDS = 5.0
 
 
@@ -59,9 +57,9 @@ class MergeRefused(ShardError):
 
 @dataclass(slots=True)
 class ShardDir:
-    """One shard's output root and what it holds."""
+    """One shard's output root (a directory or a bucket prefix) and what it holds."""
 
-    path: Path
+    path: Place
     name_index: tuple[int, int] | None  # (K, N) from a shard-K-of-N name
     manifest: dict[str, Any] | None = None
     running: bool = False
@@ -83,58 +81,43 @@ class Inspection:
     interrupted: list[str] = field(default_factory=list)
 
 
-def _is_shard_dir(path: Path) -> bool:
+def _is_shard_dir(path: Place) -> bool:
     """A shard's output root, by its name or by its manifest; not the directory holding shards
     (which holds the merged manifest once merged)."""
     if parse_shard_dir_name(path.name) is not None:
         return True
-    if any(parse_shard_dir_name(child.name) for child in path.iterdir() if child.is_dir()):
+    if any(parse_shard_dir_name(child.name) for child in path.subdirs()):
         return False
-    return (path / MANIFEST).exists()
+    return (path / MANIFEST).is_file()
 
 
-def _outputs_to_clear(paths: Sequence[str], output: str | None) -> list[Path]:
+def _outputs_to_clear(paths: Sequence[str], output: str | None) -> list[Place]:
     """Where this merge may write its manifest: the explicit output, or given parent directories."""
     if output is not None:
-        return [Path(output)]
-    return [Path(p) for p in paths if Path(p).is_dir() and not _is_shard_dir(Path(p))]
+        return [place(output)]
+    return [p for p in map(place, paths) if p.is_dir() and not _is_shard_dir(p)]
 
 
-def find_shard_dirs(paths: Sequence[str]) -> list[Path]:
-    """Each path is a shard directory or a directory holding ``shard-K-of-N`` directories."""
-    found: dict[Path, None] = {}
+def find_shard_dirs(paths: Sequence[str]) -> list[Place]:
+    """Each path is a shard directory or a directory (bucket prefix) holding ``shard-K-of-N`` ones."""
+    found: dict[Place, None] = {}
     for text in paths:
-        path = Path(text)
+        path = place(text)
         if not path.is_dir():
             raise MergeRefused(f"{path}: no such directory")
         if _is_shard_dir(path):
-            found[path.resolve()] = None
+            found[path] = None
             continue
         children = sorted(
-            (c for c in path.iterdir() if c.is_dir() and parse_shard_dir_name(c.name)),
+            (c for c in path.subdirs() if parse_shard_dir_name(c.name)),
             key=lambda c: parse_shard_dir_name(c.name) or (0, 0),
         )
         for child in children:
-            found[child.resolve()] = None
+            found[child] = None
     return list(found)
 
 
-def _is_locked(root: Path) -> bool:
-    """True while a run holds the shard's run lock (it is still running)."""
-    lock = root / LOCK_NAME
-    if not lock.exists():
-        return False
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing the descriptor releases a lock taken on it
-    return False
-
-
-def _load_manifest(root: Path) -> dict[str, Any] | None:
+def _load_manifest(root: Place) -> dict[str, Any] | None:
     path = root / MANIFEST
     try:
         data = path.read_bytes()
@@ -160,7 +143,7 @@ def inspect(paths: Sequence[str], expected: int | None) -> Inspection:
     shards = []
     for root in find_shard_dirs(paths):
         shard = ShardDir(root, parse_shard_dir_name(root.name))
-        shard.running = _is_locked(root)
+        shard.running = root.running()
         shard.manifest = _load_manifest(root)
         shards.append(shard)
     counts = {s.name_index[1] for s in shards if s.name_index and s.manifest is None}
@@ -245,15 +228,14 @@ def _parse_time(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def _rebase(shard_root: Path, output: Path, relpath: str) -> str:
-    return os.path.relpath(shard_root / relpath, output)
+def _rebase(shard_root: Place, output: Place, relpath: str) -> str:
+    return (shard_root / relpath).relpath(output)
 
 
-def _file_problem(shard_root: Path, entry: Mapping[str, Any]) -> str | None:
+def _file_problem(shard_root: Place, entry: Mapping[str, Any]) -> str | None:
     path = shard_root / entry["path"]
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
+    size = path.size()
+    if size is None:
         return f"{path}: missing"
     expected = entry.get("size")
     if expected is not None and size != expected:
@@ -292,7 +274,7 @@ def _merge_quota_owners(manifests: Sequence[Mapping[str, Any]]) -> list[dict[str
     return [merged[k] for k in sorted(merged)]
 
 
-def build_merged_manifest(inspection: Inspection, output: Path) -> dict[str, Any]:
+def build_merged_manifest(inspection: Inspection, output: Place) -> dict[str, Any]:
     """The merged manifest of a set that passed :func:`inspect` with nothing pending."""
     shards = sorted(inspection.shards, key=lambda s: s.index or 0)
     manifests: list[dict[str, Any]] = [s.manifest for s in shards if s.manifest is not None]
@@ -320,7 +302,7 @@ def build_merged_manifest(inspection: Inspection, output: Path) -> dict[str, Any
         members.append(
             {
                 "index": block["index"],
-                "path": os.path.relpath(shard.path, output),
+                "path": shard.path.relpath(output),
                 "status": manifest["status"],
                 "run_id": manifest["run_id"],
                 "started_at": manifest["started_at"],
@@ -378,13 +360,16 @@ def build_merged_manifest(inspection: Inspection, output: Path) -> dict[str, Any
     }
 
 
-def _default_output(inspection: Inspection, output: str | None) -> Path:
+def _default_output(inspection: Inspection, output: str | None) -> Place:
     if output is not None:
-        return Path(output)
+        return place(output)
     parents = {s.path.parent for s in inspection.shards}
     if len(parents) != 1:
         raise MergeRefused("the shards are in different directories: give --output DIR")
-    return parents.pop()
+    parent = parents.pop()
+    if type(parent) is not type(inspection.shards[0].path):
+        raise MergeRefused("the shards are in different kinds of storage: give --output")
+    return parent
 
 
 def merge(
@@ -395,12 +380,12 @@ def merge(
     *,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
-) -> tuple[int, dict[str, Any], Path]:
+) -> tuple[int, dict[str, Any], Place]:
     """Merge; returns (exit code, merged manifest, its path). Raises :class:`MergeRefused`."""
     deadline = clock() + max(wait, 0.0)
     for root in _outputs_to_clear(paths, output):
         # Whatever happens next, an earlier merge's marker must not vouch for this set.
-        clear_success(root)
+        (root / SUCCESS).unlink()
     while True:
         inspection = inspect(paths, expected)
         remaining = deadline - clock()
@@ -415,9 +400,12 @@ def merge(
         log.info("waiting for %d shard(s): %s", len(waiting_for), waiting_for[0])
         sleep(min(POLL_SECONDS, remaining))
     root = _default_output(inspection, output)
-    clear_success(root)
+    (root / SUCCESS).unlink()
     manifest = build_merged_manifest(inspection, root)
-    path = write_manifest(root, manifest)
+    path = root / MANIFEST
+    path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+    if manifest["status"] == "complete":
+        (root / SUCCESS).write_bytes(b"")  # last: it vouches for the manifest written before it
     return (EXIT_OK if manifest["status"] == "complete" else EXIT_INCOMPLETE), manifest, path
 
 
@@ -433,6 +421,9 @@ def run_merge(
         code, manifest, path = merge(paths, output, expected, wait)
     except ShardError as exc:
         print(f"cbr-crawler merge: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except StoreError as exc:
+        print(f"cbr-crawler merge: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     totals = manifest["totals"]
     by_status = ", ".join(f"{n} {s}" for s, n in sorted(totals["scopes_by_status"].items())) or "no scopes"
@@ -455,7 +446,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "merge", help="join the manifests of a sharded run's shards into one manifest (and _SUCCESS)"
     )
     merge.add_argument(
-        "shards", nargs="+", help="shard directories (shard-K-of-N), or the directory holding them"
+        "shards",
+        nargs="+",
+        help="shard directories (shard-K-of-N), or the directory holding them; or s3:// prefixes",
     )
     merge.add_argument("--output", "-o", help="where the merged manifest goes (default: the shards' parent)")
     merge.add_argument(

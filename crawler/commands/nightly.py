@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from crawler.commands.places import Place, place
 from crawler.commands.report import (
     DEFAULT_EXPIRING_DAYS,
     build_report,
@@ -67,12 +68,10 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     )
 
 
-def after_run(
-    args: argparse.Namespace, manifest: dict[str, Any], manifest_path: Path | None, code: int
-) -> None:
-    """Report, diff and metrics of a finished (or interrupted) run; never raises for them."""
+def after_run(args: argparse.Namespace, manifest: dict[str, Any], root: Place | None, code: int) -> None:
+    """Report, diff and metrics of a finished (or interrupted) run whose output is ``root`` (a
+    directory or a bucket prefix; ``None`` for ``--output -``); never raises for them."""
     report: dict[str, Any] | None = None
-    root = manifest_path.parent if manifest_path is not None and args.output != "-" else None
     interrupted = manifest.get("status") == "interrupted"
     if root is not None and not interrupted and not getattr(args, "no_report", False):
         try:
@@ -82,26 +81,26 @@ def after_run(
         except (OSError, CrawlerError, ValueError) as exc:
             log.warning("could not write the inventory report: %s", exc)
     elif root is None and not getattr(args, "no_report", False):
-        log.info("no inventory report: the output is not a local directory (--output - or an object store)")
+        log.info("no inventory report: the records went to standard output (--output -)")
     if getattr(args, "diff_against", None) and root is not None and not interrupted:
         _diff_after_run(args.diff_against, root, manifest)
     _metrics(args, manifest, code, report)
 
 
-def _diff_after_run(against: str, root: Path, manifest: dict[str, Any]) -> None:
+def _diff_after_run(against: str, root: Place, manifest: dict[str, Any]) -> None:
     # Imported when used (as crawler.support.metrics imports prometheus_client): most runs make no diff.
     from crawler.commands.diff import find_previous_run, report_diff, write_diff
 
-    previous: Path | None
+    previous: Place | None
     if against == AUTO:
         previous = find_previous_run(root, before=str(manifest.get("started_at") or "") or None)
         if previous is None:
             log.warning("--diff-against auto: no earlier complete run next to %s; no diff", root)
             return
     else:
-        previous = Path(against)
+        previous = place(against)
     try:
-        result = write_diff(previous, root, str(root / DIFF_DIR))
+        result = write_diff(previous, root, root / DIFF_DIR)
     except (OSError, CrawlerError, ValueError) as exc:
         log.warning("could not diff against %s: %s", previous, exc)
         return

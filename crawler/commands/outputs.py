@@ -1,8 +1,9 @@
 """Reading a finished run's output back: its manifest and each scope's NDJSON lines, streamed.
 
-Used by the jobs that look at a run after it is written (``diff``, the inventory report). Files are
-read line by line through the decompressor, never whole: a scope file can hold millions of lines.
-All of it is blocking I/O: call it from a thread (or from synchronous code) in async programs.
+Used by the jobs that look at a run after it is written (``diff``, the inventory report), on a
+directory or a bucket alike (:mod:`crawler.commands.places`). Files are read line by line through
+the decompressor, never whole: a scope file can hold millions of lines. All of it is blocking I/O:
+call it from a thread (or from synchronous code) in async programs.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import gzip
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, Any, cast
 
 import orjson
 import zstandard
 
+from crawler.commands.places import Place, Where, place
 from crawler.errors import CrawlerError
 from crawler.pipeline.manifest import MANIFEST
 
@@ -26,8 +27,9 @@ class OutputError(CrawlerError):
     """A run's output cannot be read: no manifest, or a manifest this tool does not understand."""
 
 
-def load_manifest(root: Path) -> dict[str, Any]:
+def load_manifest(where: Where) -> dict[str, Any]:
     """The manifest of the run output in ``root`` (a directory, or a manifest file itself)."""
+    root = place(where)
     path = root if root.is_file() else root / MANIFEST
     try:
         manifest = orjson.loads(path.read_bytes())
@@ -40,12 +42,13 @@ def load_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def output_root(root: Path) -> Path:
+def output_root(where: Where) -> Place:
     """The directory scope file paths are relative to (``root`` may name the manifest itself)."""
+    root = place(where)
     return root.parent if root.is_file() else root
 
 
-def _compression(path: Path) -> str:
+def _compression(path: Place) -> str:
     name = path.name.removesuffix(".partial").removesuffix(".part")
     if name.endswith(".gz"):
         return "gzip"
@@ -54,11 +57,12 @@ def _compression(path: Path) -> str:
     return "none"
 
 
-def iter_lines(path: Path) -> Iterator[bytes]:
+def iter_lines(where: Where) -> Iterator[bytes]:
     """Every non-empty line of one NDJSON file (without its newline), decompressed as it is read
     (gzip or zstd, chosen by the file name), a chunk at a time."""
+    path = place(where)
     with contextlib.ExitStack() as stack:
-        raw = stack.enter_context(open(path, "rb"))
+        raw = stack.enter_context(path.open())
         kind = _compression(path)
         stream: IO[bytes]
         if kind == "gzip":
@@ -81,25 +85,23 @@ def iter_lines(path: Path) -> Iterator[bytes]:
             yield rest
 
 
-def scope_files(root: Path, scope: dict[str, Any]) -> list[Path]:
+def scope_files(root: Place, scope: dict[str, Any]) -> list[Place]:
     """The files of one manifest scope entry, as paths below the output root."""
     return [root / str(f["path"]) for f in scope.get("files") or []]
 
 
-def iter_scope_lines(root: Path, scope: dict[str, Any]) -> Iterator[bytes]:
+def iter_scope_lines(root: Place, scope: dict[str, Any]) -> Iterator[bytes]:
     """Every record line of a scope, file after file, in the order they were written."""
     for path in scope_files(root, scope):
         yield from iter_lines(path)
 
 
-def missing_files(root: Path, scope: dict[str, Any]) -> list[str]:
-    """Files the manifest lists for ``scope`` that are not on disk with the recorded size."""
+def missing_files(root: Place, scope: dict[str, Any]) -> list[str]:
+    """Files the manifest lists for ``scope`` that are not there with the recorded size."""
     missing: list[str] = []
     for entry in scope.get("files") or []:
-        path = root / str(entry["path"])
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
+        size = (root / str(entry["path"])).size()
+        if size is None:
             missing.append(str(entry["path"]))
             continue
         if entry.get("size") is not None and size != entry["size"]:

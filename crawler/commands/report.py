@@ -29,14 +29,13 @@ import logging
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 import msgspec
 import orjson
 
 from crawler.commands.outputs import iter_scope_lines, load_manifest, output_root
-from crawler.support.files import atomic_write
+from crawler.commands.places import Place, Where, place
 from crawler.support.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -273,13 +272,14 @@ def counted_scopes(manifest: dict[str, Any]) -> list[tuple[dict[str, Any], bool]
 
 
 def build_report(
-    root: Path,
+    where: Where,
     *,
     expiring_days: float = DEFAULT_EXPIRING_DAYS,
     as_of: dt.datetime | None = None,
     list_limit: int = DEFAULT_LIST_LIMIT,
 ) -> dict[str, Any]:
     """The report of the run output in ``root``, as of ``as_of`` (default: the run's start). Blocking."""
+    root = place(where)
     manifest = load_manifest(root)
     base = output_root(root)
     when = as_of or parse_time(str(manifest["started_at"]))
@@ -297,9 +297,9 @@ def build_report(
     }
 
 
-def write_report(root: Path, report: dict[str, Any]) -> Path:
+def write_report(root: Where, report: dict[str, Any]) -> Place:
     path = output_root(root) / REPORT_FILE
-    atomic_write(path, orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
     return path
 
 
@@ -307,7 +307,7 @@ def _gb(value: float) -> str:
     return f"{value / 1024:,.1f} TB" if value >= 10 * 1024 else f"{value:,.0f} GB"
 
 
-def format_report(report: dict[str, Any], path: Path | None = None, limit: int = 5) -> str:
+def format_report(report: dict[str, Any], path: Place | None = None, limit: int = 5) -> str:
     """A few lines for the terminal; ``report.json`` has the rest."""
 
     def top(groups: dict[str, dict[str, Any]]) -> str:
@@ -340,7 +340,7 @@ def format_report(report: dict[str, Any], path: Path | None = None, limit: int =
 
 def run_report(output: str, expiring_days: float, as_of: str | None, stream: IO[str] | None = None) -> int:
     """``cbr-crawler report OUT``: (re)write ``report.json`` for an existing run output."""
-    root = Path(output)
+    root = place(output)
     report = build_report(
         root, expiring_days=expiring_days, as_of=parse_time(as_of) if as_of is not None else None
     )
@@ -351,7 +351,7 @@ def run_report(output: str, expiring_days: float, as_of: str | None, stream: IO[
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     report = sub.add_parser("report", help="(re)write the inventory report (report.json) of a run output")
-    report.add_argument("output", help="the run's output directory")
+    report.add_argument("output", help="the run's output directory (or s3://BUCKET/PREFIX)")
     report.add_argument("--expiring-days", type=float, default=DEFAULT_EXPIRING_DAYS, metavar="N")
     report.add_argument(
         "--as-of", metavar="TIME", help="ISO time the expiry window starts at (default: the run's start)"

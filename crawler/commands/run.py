@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from crawler.commands.nightly import add_run_arguments, after_failed_run, after_run
+from crawler.commands.places import place
 from crawler.config import load_tenants
 from crawler.errors import UsageError
 from crawler.pipeline.runner import EXIT_INCOMPLETE, EXIT_INTERRUPTED, RunOptions, new_run_id, run_crawl
@@ -95,7 +96,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         after_failed_run(args, EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_INCOMPLETE)
         raise
     print_summary(outcome.manifest, outcome.manifest_location)
-    after_run(args, outcome.manifest, outcome.manifest_path, outcome.exit_code)  # report, diff, metrics
+    root = None if output == "-" else place(output)
+    after_run(args, outcome.manifest, root, outcome.exit_code)  # report, diff, metrics
     return outcome.exit_code
 
 

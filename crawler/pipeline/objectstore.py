@@ -162,13 +162,16 @@ def store_error(exc: Exception, action: str, bucket: str, key: str | None = None
     return StoreError(f"object store: {action} {where} failed: {detail}", bucket=bucket, key=key, code=code)
 
 
-@contextlib.asynccontextmanager
-async def open_store(settings: StoreSettings) -> AsyncIterator[Any]:
-    """An aiobotocore S3 client for the run (imported here: runs to disk never load botocore)."""
-    from aiobotocore.session import get_session
+def _client_config(settings: StoreSettings) -> Any:
     from botocore.config import Config
 
-    config = Config(
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):  # masked should a log line hold one
+        if os.environ.get(name):
+            register_secret(os.environ[name])
+    # "Found credentials in environment variables" on every run says nothing an operator needs.
+    for name in ("botocore.credentials", "aiobotocore.credentials"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return Config(
         region_name=settings.region,
         s3={"addressing_style": settings.addressing},
         retries={"mode": "standard", "max_attempts": settings.max_attempts},
@@ -178,14 +181,26 @@ async def open_store(settings: StoreSettings) -> AsyncIterator[Any]:
         response_checksum_validation="when_required",
         max_pool_connections=32,
     )
-    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):  # masked should a log line hold one
-        if os.environ.get(name):
-            register_secret(os.environ[name])
-    # "Found credentials in environment variables" on every run says nothing an operator needs.
-    for name in ("botocore.credentials", "aiobotocore.credentials"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    session = get_session()
-    async with session.create_client(
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: StoreSettings) -> AsyncIterator[Any]:
+    """An aiobotocore S3 client for the run (imported here: runs to disk never load botocore)."""
+    from aiobotocore.session import get_session
+
+    config = _client_config(settings)
+    async with get_session().create_client(
         "s3", endpoint_url=settings.endpoint_url, config=config, **settings.credentials()
     ) as client:
         yield client
+
+
+def open_sync_store(settings: StoreSettings) -> Any:
+    """botocore's synchronous S3 client, configured as :func:`open_store`'s: for the commands that
+    read a run back (blocking, streaming), where an event loop would only add a thread hop."""
+    from botocore.session import get_session
+
+    config = _client_config(settings)
+    return get_session().create_client(
+        "s3", endpoint_url=settings.endpoint_url, config=config, **settings.credentials()
+    )

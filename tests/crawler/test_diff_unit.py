@@ -11,6 +11,7 @@ import pytest
 
 from crawler.commands.diff import diff_runs, find_previous_run
 from crawler.commands.outputs import iter_lines
+from crawler.commands.places import LocalPlace
 
 KEY = "t/r/p/ep=-/private"
 
@@ -144,8 +145,8 @@ def test_previous_run_is_the_newest_complete_sibling(tmp_path: Path) -> None:
     _run(tmp_path / "n3", {KEY: [_rec(1)]}, run_id="3", finished="2026-11-26T05:00:00Z", status="incomplete")
     today = tmp_path / "n4"
     today.mkdir()
-    assert find_previous_run(today, before="2026-11-27T02:00:00Z") == tmp_path / "n2"
-    assert find_previous_run(today, before="2026-11-25T12:00:00Z") == tmp_path / "n1"
+    assert find_previous_run(today, before="2026-11-27T02:00:00Z") == LocalPlace(tmp_path / "n2")
+    assert find_previous_run(today, before="2026-11-25T12:00:00Z") == LocalPlace(tmp_path / "n1")
     assert find_previous_run(tmp_path / "n1", before="2026-11-24T00:00:00Z") is None
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import crawler_env, run_cli, write_tenant
+from s3faults import Fault, S3FaultProxy
 
 from crawler.emulator.estate import DomainSpec, EstateSpec
 from crawler.emulator.scenario import FaultsSpec, LatencySpec, Scenario
@@ -133,7 +134,10 @@ def test_a_crawl_to_a_bucket_matches_the_same_crawl_to_disk(
     assert {k for k in keys if not k.startswith(".cbr-crawler/")} == set(listed) | {
         "manifest.json",
         "_SUCCESS",
+        "report.json",  # the nightly inventory report, read back from the bucket
     }
+    report = orjson.loads(_body(bucket, "runs/2026-12-05/report.json"))
+    assert report["totals"]["backups"] == emu.estate.backup_count  # each backup once, shared or not
     # The run state (the file output's .cbr-crawler/state.sqlite): finished, so the next run is new.
     run = orjson.loads(_body(bucket, "runs/2026-12-05/.cbr-crawler/run.json"))
     assert (run["run_id"], run["status"], run["attempts"]) == (manifest["run_id"], "complete", 1)
@@ -184,6 +188,83 @@ def test_a_missing_bucket_fails_before_any_request_naming_bucket_and_code(
     assert result.returncode == 1
     assert "no-such-bucket" in result.stderr and ("NoSuchBucket" in result.stderr or "404" in result.stderr)
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def faulty_s3(s3: dict[str, str]) -> Iterator[tuple[S3FaultProxy, dict[str, str]]]:
+    """The S3 server behind a proxy that injects the store's errors (moto gives neither 403 nor 503)."""
+    proxy = S3FaultProxy(s3["CBR_CRAWLER_S3_ENDPOINT"]).start()
+    yield proxy, {**s3, "CBR_CRAWLER_S3_ENDPOINT": proxy.url}
+    proxy.stop()
+
+
+def test_access_denied_on_the_bucket_fails_before_any_request_naming_bucket_and_code(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread], faulty_s3: Any, bucket: Any
+) -> None:
+    proxy, s3 = faulty_s3
+    proxy.faults.append(Fault("HEAD", rf"^/{BUCKET}/?$", 403, "AccessDenied"))
+    emu = emulator_factory(SMALL)
+    config = _tenant(tmp_path, emu)
+
+    env = crawler_env(**s3, HOME=str(tmp_path))
+    result = run_cli("run", "--config", str(config), "--output", f"s3://{BUCKET}/denied", env=env)
+
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"bucket {BUCKET}" in result.stderr and "403" in result.stderr
+    assert "check the store's credentials" in result.stderr and "Traceback" not in result.stderr
+    assert emu.call(lambda: emu.stats.total("cbr.list_backups")) == 0, "checked before any CBR request"
+    assert not _keys(bucket, "denied/")
+
+
+def test_access_denied_on_data_objects_fails_those_scopes_naming_key_and_code(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread], faulty_s3: Any, bucket: Any
+) -> None:
+    proxy, s3 = faulty_s3
+    proxy.faults.append(Fault("PUT", r"/cn-north-4_crm/", 403, "AccessDenied"))
+    emu = emulator_factory(SMALL)
+    config = _tenant(tmp_path, emu)
+
+    env = crawler_env(**s3, HOME=str(tmp_path))
+    result = run_cli("run", "--config", str(config), "--output", f"s3://{BUCKET}/part", env=env)
+
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "INCOMPLETE" in result.stderr
+    assert f"s3://{BUCKET}/part/acme/cn-north-4/cn-north-4_crm/" in result.stderr
+    assert "AccessDenied: injected AccessDenied" in result.stderr
+    manifest = orjson.loads(_body(bucket, "part/manifest.json"))
+    failed = {s["project_name"] for s in manifest["scopes"] if s["status"] != "complete"}
+    assert failed == {"cn-north-4_crm"}, "only the scopes whose objects were refused"
+    assert not _keys(bucket, "part/_SUCCESS")
+    assert not any("cn-north-4_crm" in k for k in _keys(bucket, "part/")), "nothing under a denied key"
+
+
+def test_slowdown_is_retried_and_a_store_that_never_recovers_fails_the_scopes(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread], faulty_s3: Any, bucket: Any
+) -> None:
+    proxy, s3 = faulty_s3
+    emu = emulator_factory(SMALL)
+    config = _tenant(tmp_path, emu)
+    env = crawler_env(**s3, HOME=str(tmp_path))
+
+    # A throttled store: the first four writes answered 503 SlowDown, then it recovers.
+    proxy.faults.append(Fault("PUT", r"\.ndjson", 503, "SlowDown", times=4))
+    recovered = run_cli("run", "--config", str(config), "--output", f"s3://{BUCKET}/slow", env=env)
+
+    assert recovered.returncode == 0, recovered.stderr[-3000:]
+    assert len(proxy.answered(503)) == 4
+    assert orjson.loads(_body(bucket, "slow/manifest.json"))["status"] == "complete"
+
+    # A store that stays throttled: after AWS_MAX_ATTEMPTS the scopes fail, named with the code.
+    proxy.faults[:] = [Fault("PUT", r"/cn-north-4_data/.*\.ndjson", 503, "SlowDown")]
+    env["AWS_MAX_ATTEMPTS"] = "2"
+    stuck = run_cli("run", "--config", str(config), "--output", f"s3://{BUCKET}/stuck", env=env)
+
+    assert stuck.returncode == 1, stuck.stderr[-3000:]
+    assert (
+        "SlowDown" in stuck.stderr and f"s3://{BUCKET}/stuck/acme/cn-north-4/cn-north-4_data/" in stuck.stderr
+    )
+    assert not _keys(bucket, "stuck/_SUCCESS")
+    assert not any("cn-north-4_data" in k for k in _keys(bucket, "stuck/"))
 
 
 def test_an_unreachable_store_fails_with_the_endpoint_named(
@@ -361,4 +442,99 @@ def test_a_pod_killed_mid_upload_is_continued_by_a_new_one_from_the_bucket(
     assert data == {f"run/{f['path']}" for s in base["scopes"] for f in s["files"]} | {
         "run/manifest.json",
         "run/_SUCCESS",
+        "run/report.json",
     }
+
+
+def _scope_ids(emu: EmulatorThread, manifest: dict[str, Any]) -> dict[str, set[str]]:
+    return {
+        s["key"]: emu.call(
+            lambda s=s: emu.estate.truth_ids(s["project_id"], s["own_type"], s["enterprise_project_id"])
+        )
+        for s in manifest["scopes"]
+    }
+
+
+def test_shards_merge_report_and_diff_read_and_write_the_bucket(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread], s3: dict[str, str], bucket: Any
+) -> None:
+    emu = emulator_factory(SMALL)
+    config = _tenant(tmp_path, emu)
+    env = crawler_env(**s3, HOME=str(tmp_path))
+    night1, night2 = f"s3://{BUCKET}/cbr/2026-12-04", f"s3://{BUCKET}/cbr/2026-12-05"
+
+    # Night 1: two shards (pods) write their own prefixes; a merge pod joins them in the bucket.
+    for k in (0, 1):
+        shard = run_cli(
+            "run", "--config", str(config), "--output", night1, "--shard", f"{k}/2", "--run-id", "n1", env=env
+        )  # fmt: skip
+        assert shard.returncode == 0, shard.stderr[-3000:]
+    assert _keys(bucket, "cbr/2026-12-04/shard-0-of-2/manifest.json")
+    merged = run_cli("merge", night1, "--shards", "2", env=env)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    assert f"manifest: {night1}/manifest.json and {night1}/_SUCCESS" in merged.stderr
+    manifest1 = orjson.loads(_body(bucket, "cbr/2026-12-04/manifest.json"))
+    assert manifest1["status"] == "complete" and _body(bucket, "cbr/2026-12-04/_SUCCESS") == b""
+    truth1 = _scope_ids(emu, manifest1)
+    for scope in manifest1["scopes"]:  # the merged manifest's paths lead to the shards' objects
+        ids: set[str] = set()
+        for f in scope["files"]:
+            assert f["path"].startswith(f"shard-{scope['shard']}-of-2/")
+            ids |= {
+                orjson.loads(line)["id"] for line in _body(bucket, f"cbr/2026-12-04/{f['path']}").splitlines()
+            }
+        assert ids == truth1[scope["key"]]
+
+    report = run_cli("report", night1, "--expiring-days", "30", env=env)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert f"report: {night1}/report.json" in report.stderr
+    totals = orjson.loads(_body(bucket, "cbr/2026-12-04/report.json"))["totals"]
+    assert totals["backups"] == emu.estate.backup_count > 0
+
+    # Night 2, after churn: diffed against the newest complete run under the same prefix (night 1).
+    emu.call(lambda: emu.estate.churn(40, 30))
+    run2 = run_cli("run", "--config", str(config), "--output", night2, "--diff-against", "auto", env=env)
+    assert run2.returncode == 0, run2.stderr[-3000:]
+    manifest2 = orjson.loads(_body(bucket, "cbr/2026-12-05/manifest.json"))
+    truth2 = _scope_ids(emu, manifest2)
+    expected = {
+        (kind, key, i)
+        for key in truth1.keys() | truth2.keys()
+        for kind, ids in (
+            ("added", truth2.get(key, set()) - truth1.get(key, set())),
+            ("removed", truth1.get(key, set()) - truth2.get(key, set())),
+        )
+        for i in ids
+    }
+    assert {k for k, _, _ in expected} == {"added", "removed"}
+    changes = [
+        orjson.loads(line) for line in _body(bucket, "cbr/2026-12-05/diff/changes.ndjson").splitlines()
+    ]
+    assert {(c["change"], c["scope"], c["id"]) for c in changes} == expected
+    summary = orjson.loads(_body(bucket, "cbr/2026-12-05/diff/diff.json"))
+    assert summary["old"]["run_id"] == manifest1["run_id"] and summary["skipped"] == []
+
+    # The command, bucket to bucket, gives the same changes.
+    diff = run_cli("diff", night1, night2, "--output", f"s3://{BUCKET}/diffs/12-05", env=env)
+    assert diff.returncode == 0, diff.stderr[-3000:]
+    again = [orjson.loads(line) for line in _body(bucket, "diffs/12-05/changes.ndjson").splitlines()]
+    assert {(c["change"], c["scope"], c["id"]) for c in again} == expected
+
+
+def test_merge_refuses_shards_missing_from_the_bucket(
+    tmp_path: Path, emulator_factory: Callable[..., EmulatorThread], s3: dict[str, str], bucket: Any
+) -> None:
+    emu = emulator_factory(SMALL)
+    config = _tenant(tmp_path, emu)
+    env = crawler_env(**s3, HOME=str(tmp_path))
+    url = f"s3://{BUCKET}/half"
+    shard = run_cli(
+        "run", "--config", str(config), "--output", url, "--shard", "1/2", "--run-id", "half", env=env
+    )  # fmt: skip
+    assert shard.returncode == 0, shard.stderr[-3000:]
+
+    merged = run_cli("merge", url, "--shards", "2", env=env)
+
+    assert merged.returncode == 2, merged.stderr[-3000:]
+    assert "shard 0 of 2 is missing" in merged.stderr
+    assert not _keys(bucket, "half/manifest.json") and not _keys(bucket, "half/_SUCCESS")
