@@ -131,14 +131,16 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(client(endpoint, args.uploads, parts, body))
                 cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
                 rate, cpu_per_gb = total / wall / 1e6, cpu / (total / 1e9)
-                print(f"turn {turn}: {name}: {rate:.0f} MB/s, {cpu_per_gb:.2f} client CPU s/GB", file=sys.stderr)
+                line = f"turn {turn}: {name}: {rate:.0f} MB/s, {cpu_per_gb:.2f} client CPU s/GB"
+                print(line, file=sys.stderr)
                 if name not in best or rate > best[name][0]:
                     best[name] = (rate, cpu_per_gb)
     finally:
         server.terminate()
         server.wait(10)
     base_rate, base_cpu = best["aiobotocore, 1 part in flight per upload"]
-    print(f"{total / 1e6:,.0f} MB per client, {args.uploads} uploads at once, 5 MiB parts, best of {args.turns}")
+    what = f"{args.uploads} uploads at once, 5 MiB parts, best of {args.turns}"
+    print(f"{total / 1e6:,.0f} MB per client, {what}")
     for name, (rate, cpu_per_gb) in best.items():
         print(
             f"  {name:42s} {rate:6.0f} MB/s ({rate / base_rate:.2f}x)  "
