@@ -59,3 +59,19 @@ def test_key_files_are_read_and_the_secret_never_shown(tmp_path: Path) -> None:
 def test_a_shard_of_a_bucket_output_writes_below_its_prefix() -> None:
     run = ShardRun(Shard(2, 3))
     assert run.shard.output_dir("s3://inventory/cbr/") == f"s3://inventory/cbr/{run.shard.name}"
+
+
+def test_bucket_places_join_and_relate_like_posix_paths() -> None:
+    from crawler.commands.places import BucketPlace, LocalPlace, place
+
+    root = place("s3://inv/cbr/2026-12-05")
+    assert isinstance(root, BucketPlace) and str(root) == "s3://inv/cbr/2026-12-05"
+    shard = root / "shard-0-of-2"
+    data = shard / "acme/cn-north-4/p/backups.private.no-ep.ndjson.gz"
+    assert data.relpath(root) == "shard-0-of-2/acme/cn-north-4/p/backups.private.no-ep.ndjson.gz"
+    assert (root / data.relpath(root)) == data
+    assert (shard / "../manifest.json") == root / "manifest.json"  # a merged manifest's path, resolved
+    assert root.parent == place("s3://inv/cbr") and root.name == "2026-12-05"
+    assert str(place("obs://inv/x") / "y") == "obs://inv/x/y"
+    assert isinstance(place("out/dir"), LocalPlace)
+    assert place("s3://inv/a") != place("s3://other/a")

@@ -57,7 +57,7 @@ class Place(ABC):
 
     @abstractmethod
     def key(self) -> str:
-        """The place as an absolute POSIX path (a bucket's keys as ``/KEY``): what
+        """The place as an absolute POSIX path (a bucket's keys as ``/BUCKET/KEY``): what
         :meth:`relpath` and :meth:`same` compare."""
 
     @abstractmethod
@@ -230,7 +230,7 @@ class BucketPlace(Place):
         return self._at(joined)
 
     def key(self) -> str:
-        return "/" + self._key
+        return f"/{self._bucket}/{self._key}".rstrip("/")  # the bucket first: places differ by it
 
     def _dir_prefix(self) -> str:
         return f"{self._key}/" if self._key else ""
