@@ -37,6 +37,7 @@ from crawler.pipeline.shard import (
     ENV_COUNT,
     SPLIT_RULE,
     ShardError,
+    entry_shard_key,
     parse_count,
     parse_shard_dir_name,
     shard_of,
@@ -214,7 +215,7 @@ def _check_one_run(shards: Iterable[ShardDir], count: int) -> None:
             )
         for scope in manifest["scopes"]:
             key = scope["key"]
-            owner = shard_of(key, count)
+            owner = shard_of(entry_shard_key(scope), count)
             if owner != index:
                 raise MergeRefused(
                     f"{shard.path}: scope {key} belongs to shard {owner} of {count}, not {index}"

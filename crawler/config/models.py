@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import fnmatch
+import re
 import string
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
@@ -450,6 +452,13 @@ def default_endpoint(service: str, region: str | None) -> str:
 
 TenantName = Annotated[str, Strict(), StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 Region = Annotated[str, Strict()]
+REGION_GLOB_PATTERN = re.compile(r"^[a-z0-9*?\[\]-]+$")
+# A global endpoint template that needs a region, with only globs listed, gets this one.
+DEFAULT_TEMPLATE_REGION = "cn-north-4"
+
+
+def is_region_glob(region: str) -> bool:
+    return any(c in region for c in "*?[")
 
 
 class TenantConfig(Model):
@@ -471,7 +480,11 @@ class TenantConfig(Model):
         default=None,
         description="Endpoint overrides (private clouds, the emulator); also allows unknown regions.",
     )
-    regions: tuple[Region, ...] = Field(min_length=1, description="Region ids to crawl, e.g. cn-north-4.")
+    regions: tuple[Region, ...] = Field(
+        min_length=1,
+        description="Region ids to crawl, e.g. cn-north-4; globs (cn-*) or 'all' discover them from "
+        "the account's IAM projects (regions without CBR and the MOS project skipped).",
+    )
     projects: ProjectsConfig = Field(
         default_factory=ProjectsConfig, description="Projects to crawl (default: discover every project)."
     )
@@ -484,6 +497,12 @@ class TenantConfig(Model):
         min_length=1,
         description="Ownership views to crawl: private, shared, all_granted (= private + shared).",
     )
+    plan: Literal["auto", "per_pass"] = Field(
+        default="auto",
+        description="auto: the fewest requests (one own_type=all_granted pass per project, split into "
+        "the views and enterprise projects asked, where record fields allow); per_pass: one query per "
+        "project, enterprise project and view.",
+    )
     filters: Filters = Field(
         default_factory=Filters, description="ListBackups filters applied to every scope."
     )
@@ -493,6 +512,11 @@ class TenantConfig(Model):
 
     _origin: Origin = PrivateAttr(default_factory=Origin)
 
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _all_regions(cls, value: Any) -> Any:
+        return ("*",) if value == "all" else value  # `regions: all` is the glob matching every region
+
     @field_validator("regions")
     @classmethod
     def _check_regions(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
@@ -501,6 +525,15 @@ class TenantConfig(Model):
         # validation it is absent, and its own error is the one worth reading.
         public_cloud = info.data.get("endpoints", ...) is None
         for index, region in enumerate(value):
+            if is_region_glob(region):
+                if not REGION_GLOB_PATTERN.fullmatch(region):
+                    raise fail(
+                        f"{region!r} is not a region glob", "use 'all', or globs like cn-* or ap-southeast-?",
+                        at=(index,),
+                    )  # fmt: skip
+                if public_cloud and not any(fnmatch.fnmatchcase(r, region) for r in KNOWN_REGIONS):
+                    raise fail(f"{region!r} matches no region with CBR", "see KNOWN_REGIONS", at=(index,))
+                continue
             if not REGION_PATTERN.fullmatch(region):
                 raise fail(f"{region!r} is not a region id", "region ids look like cn-north-4", at=(index,))
             if public_cloud and region not in KNOWN_REGIONS:
@@ -579,7 +612,13 @@ class TenantConfig(Model):
         template = getattr(self.endpoints, service, None) if self.endpoints is not None else None
         if template is None:
             return default_endpoint(service, region)
-        return str(template).replace("{region}", region if region is not None else self.regions[0])
+        fallback = next((r for r in self.regions if not is_region_glob(r)), DEFAULT_TEMPLATE_REGION)
+        return str(template).replace("{region}", region if region is not None else fallback)
+
+    @property
+    def region_globs(self) -> bool:
+        """True when the regions are discovered (``all`` or a glob), not all listed."""
+        return any(is_region_glob(r) for r in self.regions)
 
     def secret_sources(self) -> tuple[SecretSource, ...]:
         return self.auth.secret_sources()

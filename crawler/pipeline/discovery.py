@@ -7,23 +7,30 @@ credential cannot be read or whose discovery fails fails alone (a :class:`Tenant
 Projects and enterprise projects are global questions asked with a domain-scoped credential.
 Projects come from ``GET /v3/auth/projects`` (every project the caller can access, all regions, no
 paging); a region's projects are the one named exactly after the region and its ``<region>_<name>``
-sub-projects. The special ``MOS`` project (billing) is always skipped. Enterprise projects come from
-``GET /v1.0/enterprise-projects``, paged with ``limit``/``offset`` until ``total_count``.
+sub-projects. The special ``MOS`` project (billing) is always skipped. With ``regions: all`` or a
+glob, the regions are those of the account's projects that match, less the regions without CBR
+(not in the SDK's CBR region table, :data:`crawler.config.KNOWN_REGIONS`). Enterprise projects come
+from ``GET /v1.0/enterprise-projects``, paged with ``limit``/``offset`` until ``total_count``.
+
+Then the plan (:mod:`crawler.pipeline.passes`): the scopes, or one single pass per project split
+into them, whichever costs fewer requests and yields the same partitions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from crawler.config import TenantConfig
-from crawler.errors import AuthFailedError, BadResponseError, CrawlerError, CredentialRefused
+from crawler.config import KNOWN_REGIONS, TenantConfig
+from crawler.errors import ApiError, AuthFailedError, BadResponseError, CrawlerError, CredentialRefused
 from crawler.pipeline.client import ApiClient, ApiRequest, Authenticator
 from crawler.pipeline.engine import TenantCrawl
 from crawler.pipeline.listbackups import list_backups_request
+from crawler.pipeline.passes import PlanChoice, choose_plan, group_into_passes, refused_plan
 from crawler.pipeline.ratelimit import LimiterRegistry, QuotaLimiter
 from crawler.pipeline.scope import Scope, TenantFailure
 from crawler.pipeline.tenant import TenantServices
@@ -49,11 +56,34 @@ class EnterpriseProject:
 
 
 def region_of(project_name: str, regions: Sequence[str]) -> str | None:
-    """The region a project belongs to, by Huawei's naming rule, or None."""
+    """The region a project belongs to, by Huawei's naming rule, or None.
+
+    ``regions`` may hold globs (``*`` for ``regions: all``): a project's region is then its name up
+    to the first ``_``, kept if it matches a glob and CBR exists there.
+    """
     for region in regions:
-        if project_name == region or project_name.startswith(region + "_"):
+        if not _is_glob(region) and (project_name == region or project_name.startswith(region + "_")):
             return region
+    candidate = project_name.partition("_")[0]
+    if candidate in KNOWN_REGIONS and any(fnmatch.fnmatchcase(candidate, r) for r in regions if _is_glob(r)):
+        return candidate
     return None
+
+
+def _is_glob(region: str) -> bool:
+    return any(c in region for c in "*?[")
+
+
+def skipped_regions(project_names: Sequence[str], regions: Sequence[str]) -> list[str]:
+    """Regions of the account's projects that a glob matches but that have no CBR (not crawled)."""
+    skipped = set()
+    for name in project_names:
+        candidate = name.partition("_")[0]
+        if candidate in KNOWN_REGIONS or name in SKIPPED_PROJECTS:
+            continue
+        if any(fnmatch.fnmatchcase(candidate, r) for r in regions if _is_glob(r)):
+            skipped.add(candidate)
+    return sorted(skipped)
 
 
 def matches(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
@@ -70,14 +100,16 @@ async def discover_projects(
     regions: Sequence[str],
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-) -> list[Project]:
-    """The tenant's enabled projects in ``regions`` matching the name patterns, sorted by region, name."""
+) -> tuple[list[Project], list[str]]:
+    """The tenant's enabled projects in ``regions`` matching the name patterns, sorted by region, name;
+    and the regions a glob matched that have no CBR (skipped)."""
     request = ApiRequest(service="iam", method="GET", base_url=iam_base_url, path="/v3/auth/projects")
     response = await client.send(request, auth, limiter)
     data = response.data
     if not isinstance(data, dict) or not isinstance(data.get("projects"), list):
         raise BadResponseError("IAM projects answer has no 'projects' list", request_id=response.request_id)
     found: list[Project] = []
+    names: list[str] = []
     for item in data["projects"]:
         if (
             not isinstance(item, dict)
@@ -88,12 +120,17 @@ async def discover_projects(
         name = item["name"]
         if name in SKIPPED_PROJECTS or item.get("enabled") is False:
             continue
+        names.append(name)
         region = region_of(name, regions)
         if region is None or not matches(name, include, exclude):
             continue
         found.append(Project(item["id"], name, region))
-    found.sort(key=lambda p: (regions.index(p.region), p.name))
-    return found
+    skipped = skipped_regions(names, regions)
+    if skipped:
+        log.info("regions without CBR skipped: %s", ", ".join(skipped))
+    order = {r: i for i, r in enumerate(regions)}  # listed regions first, then discovered ones
+    found.sort(key=lambda p: (order.get(p.region, len(order)), p.region, p.name))
+    return found, skipped
 
 
 async def discover_enterprise_projects(
@@ -137,17 +174,30 @@ async def discover_enterprise_projects(
     return found
 
 
-async def discover_scopes(services: TenantServices) -> list[Scope]:
-    """The tenant's scopes: projects x enterprise projects x own_type views, in a stable order."""
+@dataclass(frozen=True, slots=True)
+class Discovered:
+    """A tenant's scopes to fetch (single passes or plain scopes), the plan, and the regions."""
+
+    scopes: list[Scope]
+    plan: PlanChoice
+    regions: tuple[str, ...]
+    regions_skipped: tuple[str, ...] = ()  # matched by a glob, but without CBR
+
+
+async def discover_scopes(services: TenantServices) -> Discovered:
+    """The tenant's scopes: projects x enterprise projects x own_type views, in a stable order,
+    fetched one query each or as single passes per project (:mod:`crawler.pipeline.passes`)."""
     cfg = services.config
     client, auth = services.client, services.auth
     regions = list(cfg.regions)
     projects: list[tuple[str, str, str]]  # (region, id, name)
+    skipped: list[str] = []
+    single_region = len(regions) == 1 and not cfg.region_globs
     if cfg.projects.ids:
-        projects = [(regions[0], pid, pid) for pid in cfg.projects.ids] if len(regions) == 1 else []
+        projects = [(regions[0], pid, pid) for pid in cfg.projects.ids] if single_region else []
         if not projects:
             # Explicit ids across several regions: ask IAM which region each id is in.
-            found = await discover_projects(
+            found, skipped = await discover_projects(
                 client, auth, services.iam.base_url, services.iam.limiter, regions
             )
             by_id = {p.id: p for p in found}
@@ -156,7 +206,7 @@ async def discover_scopes(services: TenantServices) -> list[Scope]:
                 raise CrawlerError(f"project ids not found in regions {regions}: {', '.join(missing)}")
             projects = [(by_id[pid].region, pid, by_id[pid].name) for pid in cfg.projects.ids]
     else:
-        found = await discover_projects(
+        found, skipped = await discover_projects(
             client,
             auth,
             services.iam.base_url,
@@ -187,17 +237,59 @@ async def discover_scopes(services: TenantServices) -> list[Scope]:
         )
         eps = [ep.id for ep in found_eps]
 
-    asked_iam_or_eps = not (cfg.projects.ids and len(regions) == 1) or ep_cfg.mode == "discover"
+    asked_iam_or_eps = not (cfg.projects.ids and single_region) or ep_cfg.mode == "discover"
     if not asked_iam_or_eps and projects:
         await _check_credential(services, projects[0][0], projects[0][1])
 
     filters = tuple(cfg.filters.to_query())
-    return [
+    scopes = [
         Scope(services.name, region, pid, name, ep, own_type, filters)
         for region, pid, name in projects
         for ep in eps
         for own_type in cfg.own_types
     ]
+    plan = choose_plan(cfg.plan, cfg.own_types, ep_cfg.mode, len(eps), filters)
+    if plan.single_pass and ep_cfg.mode in ("ids", "discover") and projects:
+        probed = await _probe_enterprise_projects(services, projects[0][0], projects[0][1], eps)
+        plan = probed if isinstance(probed, PlanChoice) else dataclasses.replace(plan, probes=probed)
+    if plan.single_pass:
+        scopes = group_into_passes(scopes, ep_cfg.mode)
+    crawled = tuple(dict.fromkeys(region for region, _, _ in projects))
+    return Discovered(scopes, plan, crawled if cfg.region_globs else tuple(cfg.regions), tuple(skipped))
+
+
+async def _probe_enterprise_projects(
+    services: TenantServices, region: str, project_id: str, eps: Sequence[str | None]
+) -> PlanChoice | int:
+    """Before a single pass over ``all_granted_eps``: is every enterprise project asked granted?
+
+    ``all_granted_eps`` returns the EPs the caller is granted and says nothing of the others, so a
+    refused EP would come out empty and "complete". One ``limit=1`` query per EP (EP grants are the
+    user's, not a project's, so one project tells) finds a refusal; the plan then falls back to one
+    query per scope, which reports it scope by scope. An int: every EP answered (that many probes).
+    """
+    probes = 0
+    for ep in eps:
+        if ep is None:
+            continue
+        probes += 1
+        query = [("own_type", "all_granted"), ("enterprise_project_id", ep), ("limit", "1")]
+        request = list_backups_request(services.cbr_endpoint(region), project_id, query)
+        try:
+            await services.client.send(request, services.auth, services.cbr_limiter(region))
+        except AuthFailedError:
+            raise
+        except ApiError as exc:
+            if exc.status in (401, 403):
+                return refused_plan(ep, f"{exc.code or exc.status}, request id {exc.request_id}", probes)
+            return PlanChoice(
+                False, f"could not check enterprise project {ep} ({exc}): one query per scope", probes
+            )
+        except CrawlerError as exc:
+            return PlanChoice(
+                False, f"could not check enterprise project {ep} ({exc}): one query per scope", probes
+            )
+    return probes
 
 
 async def _check_credential(services: TenantServices, region: str, project_id: str) -> None:
@@ -228,7 +320,7 @@ async def discover_tenant(
         log.error("tenant %s: %s", name, exc)
         return TenantFailure(name, "credentials", str(exc))
     try:
-        scopes = await discover_scopes(services)
+        discovered = await discover_scopes(services)
     except AuthFailedError as exc:
         error = CredentialRefused(name, services.auth.description, exc)
         log.error("%s", error)
@@ -242,11 +334,24 @@ async def discover_tenant(
             getattr(exc, "code", None),
             getattr(exc, "request_id", None),
         )
-    log.info("tenant %s: %d scopes to crawl", name, len(scopes))
+    scopes = discovered.scopes
+    partitions = sum(len(s.members) for s in scopes)
+    log.info(
+        "tenant %s: %d scopes to crawl in %d queries (%s: %s); regions %s",
+        name,
+        partitions,
+        len(scopes),
+        discovered.plan.name,
+        discovered.plan.reason,
+        ", ".join(discovered.regions),
+    )
     return TenantCrawl(
         name=name,
         auth=services.auth,
         scopes=scopes,
+        plan=discovered.plan,
+        regions=discovered.regions,
+        regions_skipped=discovered.regions_skipped,
         cbr_endpoint=services.cbr_endpoint,
         cbr_limiter=services.cbr_limiter,
         concurrency=config.rate_limit.concurrency,

@@ -26,12 +26,13 @@ from typing import Protocol
 from crawler.errors import AuthFailedError, CrawlerError, CredentialRefused
 from crawler.pipeline.client import ApiClient, Authenticator
 from crawler.pipeline.dedupe import SPILL_AT
-from crawler.pipeline.listbackups import Page, list_backups_request, parse_page
+from crawler.pipeline.listbackups import Page, list_backups_request, parse_owned_page, parse_page
 from crawler.pipeline.paging import ScopeWalk
+from crawler.pipeline.passes import PlanChoice, SplitOutput
 from crawler.pipeline.ratelimit import QuotaLimiter
 from crawler.pipeline.scheduler import TenantScheduler
 from crawler.pipeline.scope import Scope, ScopeResult
-from crawler.pipeline.sink import FileRecord, Sink
+from crawler.pipeline.sink import FileRecord, ScopeOutput, Sink
 from crawler.support.progress import RunStats
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,20 @@ class TenantCrawl:
     scope_deadline: float = 3600.0  # seconds per scope, retries included
     compression: str = "none"
     refused: CredentialRefused | None = None  # set once the tenant's credential is refused
+    plan: PlanChoice | None = None  # how the scopes are fetched (crawler.pipeline.passes)
+    regions: tuple[str, ...] = ()  # the regions crawled (discovered for `regions: all` or globs)
+    regions_skipped: tuple[str, ...] = ()  # regions a glob matched that have no CBR
+
+    def plan_entry(self) -> dict[str, object]:
+        """The manifest's record of how this tenant was crawled."""
+        plan = self.plan.as_dict() if self.plan is not None else {}
+        return {
+            **plan,
+            "queries": len(self.scopes),
+            "scopes": sum(len(s.members) for s in self.scopes),
+            "regions": list(self.regions),
+            "regions_skipped_without_cbr": list(self.regions_skipped),
+        }
 
 
 class Engine:
@@ -99,16 +114,22 @@ class Engine:
         self._commit_slots = asyncio.Semaphore(CONCLUDING_MAX)
 
     async def run(self, tenants: list[TenantCrawl]) -> list[ScopeResult]:
-        self.stats.scopes_total += sum(len(t.scopes) for t in tenants)
+        """One result per scope of the manifest (a single pass's partitions, each)."""
+        self.stats.scopes_total += sum(len(s.members) for t in tenants for s in t.scopes)
         if self.done:
-            # Resumed run: scopes already complete are reported from the checkpoint, not refetched.
+            # Resumed run: scopes already complete are reported from the checkpoint, not refetched
+            # (a single pass is fetched again if any of its partitions is not done; the records
+            # of those that are go nowhere).
             for tenant in tenants:
                 for scope in tenant.scopes:
-                    if scope.key in self.done:
-                        self.results.append(self.done[scope.key])
-                        self.stats.scopes_done += 1
+                    for member in scope.members:
+                        if member.key in self.done:
+                            self.results.append(self.done[member.key])
+                            self.stats.scopes_done += 1
             tenants = [
-                dataclasses.replace(t, scopes=[s for s in t.scopes if s.key not in self.done])
+                dataclasses.replace(
+                    t, scopes=[s for s in t.scopes if any(m.key not in self.done for m in s.members)]
+                )
                 for t in tenants
             ]
         try:
@@ -136,9 +157,21 @@ class Engine:
 
         def open_scope(scope: Scope) -> ScopeWalk:
             deadline = loop.time() + tenant.scope_deadline
+            output: ScopeOutput | SplitOutput
+            if scope.partitions:
+                output = SplitOutput(
+                    scope,
+                    {
+                        p.key: self.sink.open(p.relpath(tenant.layout), tenant.compression)
+                        for p in scope.partitions
+                        if p.key not in self.done
+                    },
+                )
+            else:
+                output = self.sink.open(scope.relpath(tenant.layout), tenant.compression)
             return ScopeWalk(
                 scope,
-                self.sink.open(scope.relpath(tenant.layout), tenant.compression),
+                output,
                 functools.partial(self._list_backups, tenant, scope, deadline),
                 run_id=self.run_id,
                 page_size=tenant.page_size,
@@ -188,7 +221,11 @@ class Engine:
         request = list_backups_request(tenant.cbr_endpoint(scope.region), scope.project_id, query)
         try:
             response = await self.client.send(
-                request, tenant.auth, tenant.cbr_limiter(scope.region), parse=parse_page, deadline=deadline
+                request,
+                tenant.auth,
+                tenant.cbr_limiter(scope.region),
+                parse=parse_owned_page if scope.partitions else parse_page,
+                deadline=deadline,
             )
         except AuthFailedError as exc:
             # The credential itself is refused (after one re-authentication): stop spending
@@ -201,7 +238,21 @@ class Engine:
         return page
 
     async def _commit(self, walk: ScopeWalk, result: ScopeResult) -> None:
-        """Commit a finished scope's output in the background (complete, or under its .partial name).
+        """Commit a finished walk's output: its scope's, or each partition's of a single pass."""
+        if isinstance(walk.output, SplitOutput):
+            split = walk.output
+            for index, partition in enumerate(split.partition_results(result)):
+                try:
+                    await self._commit_output(split.outputs[partition.scope.key], partition)
+                except asyncio.CancelledError:
+                    for later in split.targets[index + 1 :]:
+                        await asyncio.shield(split.outputs[later.key].discard())
+                    raise
+        else:
+            await self._commit_output(walk.output, result)
+
+    async def _commit_output(self, output: ScopeOutput, result: ScopeResult) -> None:
+        """Commit one scope's output in the background (complete, or under its .partial name).
 
         A worker waiting for the sink's next batch would leave its request slot idle, so it goes
         on; at most CONCLUDING_MAX commits wait so, after that the worker waits for a slot.
@@ -210,10 +261,10 @@ class Engine:
             await self._commit_slots.acquire()
         except asyncio.CancelledError:
             # Interrupted while waiting: dropped whole, like the scopes still open (_run_tenant).
-            await asyncio.shield(walk.output.discard())
+            await asyncio.shield(output.discard())
             raise
         try:
-            committing = walk.output.commit(result.status == "complete")
+            committing = output.commit(result.status == "complete")
         except Exception as exc:  # a bug in a sink: the scope is failed below, like any commit's
             committing = asyncio.get_running_loop().create_future()
             committing.set_exception(exc)
@@ -237,10 +288,13 @@ class Engine:
         self._finish(result)
 
     def _record_unstarted(self, scope: Scope, error: CrawlerError) -> None:
-        result = ScopeResult(scope, status="failed", error=str(error))
-        result.error_code = getattr(error, "code", None)
-        result.request_id = getattr(error, "request_id", None)
-        self._finish(result, quiet=True)
+        for member in scope.members:
+            if member.key in self.done:
+                continue
+            result = ScopeResult(member, status="failed", error=str(error))
+            result.error_code = getattr(error, "code", None)
+            result.request_id = getattr(error, "request_id", None)
+            self._finish(result, quiet=True)
 
     def _finish(self, result: ScopeResult, quiet: bool = False) -> None:
         self.results.append(result)

@@ -44,8 +44,23 @@ class _RecordHead(msgspec.Struct):
     provenance: msgspec.Raw | msgspec.UnsetType = msgspec.field(name=PROVENANCE_KEY, default=msgspec.UNSET)
 
 
+class _OwnedRecordHead(msgspec.Struct):
+    """A record's head for a single pass: also the fields that decide its partition.
+
+    ``project_id`` is the owner's project (a shared backup carries its owner's, not the project
+    it is listed in); ``enterprise_project_id`` is optional in the API and means "0" (the default
+    enterprise project) when absent.
+    """
+
+    id: str
+    project_id: str = ""
+    enterprise_project_id: str | None = "0"
+    provenance: msgspec.Raw | msgspec.UnsetType = msgspec.field(name=PROVENANCE_KEY, default=msgspec.UNSET)
+
+
 _decode_page = msgspec.json.Decoder(_Page).decode
 _decode_head = msgspec.json.Decoder(_RecordHead).decode
+_decode_owned_head = msgspec.json.Decoder(_OwnedRecordHead).decode
 
 
 @dataclass(slots=True)
@@ -56,9 +71,12 @@ class Page:
     ids: list[str]
     count: int
     clashing: list[int]  # indexes of records that already carry a PROVENANCE_KEY field
+    # Single passes only (parse_owned_page): each record's owner project and enterprise project.
+    owners: list[str] | None = None
+    eps: list[str] | None = None
 
 
-def parse_page(body: bytes, request_id: str | None) -> Page:
+def parse_page(body: bytes, request_id: str | None, owned: bool = False) -> Page:
     """Decode a ListBackups answer lazily; reject what is not a page, so that the client retries it.
 
     Records are not parsed into objects: msgspec hands back each one's raw bytes, and only its
@@ -76,9 +94,12 @@ def parse_page(body: bytes, request_id: str | None) -> Page:
     records: list[bytes] = []
     ids: list[str] = []
     clashing: list[int] = []
+    owners: list[str] | None = [] if owned else None
+    eps: list[str] | None = [] if owned else None
+    decode = _decode_owned_head if owned else _decode_head
     for index, raw in enumerate(page.backups):
         try:
-            head = _decode_head(raw)
+            head = decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise BadResponseError(f"backup #{index} of the page: {exc}", request_id=request_id) from exc
         if not head.id:
@@ -87,4 +108,19 @@ def parse_page(body: bytes, request_id: str | None) -> Page:
             clashing.append(index)
         records.append(bytes(raw))
         ids.append(head.id)
-    return Page(records, ids, page.count, clashing)
+        if owners is not None and eps is not None:
+            assert isinstance(head, _OwnedRecordHead)
+            if not head.project_id:
+                raise BadResponseError(
+                    f"backup #{index} of the page has no 'project_id': its owner (private or shared) "
+                    "cannot be told, so a single pass cannot split it",
+                    request_id=request_id,
+                )
+            owners.append(head.project_id)
+            eps.append(head.enterprise_project_id or "0")
+    return Page(records, ids, page.count, clashing, owners, eps)
+
+
+def parse_owned_page(body: bytes, request_id: str | None) -> Page:
+    """:func:`parse_page` for a single pass: also each record's owner project and enterprise project."""
+    return parse_page(body, request_id, owned=True)

@@ -39,6 +39,7 @@ from typing import Any
 from crawler.errors import ApiError, CrawlerError
 from crawler.pipeline.dedupe import SPILL_AT, ScopeIds
 from crawler.pipeline.listbackups import Page
+from crawler.pipeline.passes import SplitOutput
 from crawler.pipeline.records import encode_lines
 from crawler.pipeline.scope import Scope, ScopeResult
 from crawler.pipeline.sink import ScopeOutput
@@ -51,6 +52,8 @@ RECONCILE_SORT = "created_at:asc,id:asc"
 
 # A ListBackups query of the scope (its own parameters plus paging) -> the decoded page.
 Fetch = Callable[[list[tuple[str, str]]], Awaitable[Page]]
+# A page's lines ready to write: one scope's bytes, or a single pass's (partition, bytes, records).
+Encoded = bytes | list[tuple[str, bytes, int]]
 
 
 class ScopeWalk:
@@ -59,7 +62,7 @@ class ScopeWalk:
     def __init__(
         self,
         scope: Scope,
-        output: ScopeOutput,
+        output: ScopeOutput | SplitOutput,
         fetch: Fetch,
         *,
         run_id: str,
@@ -84,7 +87,7 @@ class ScopeWalk:
         self.total: int | None = None  # count from the first page
         self._next_offset = 0  # next offset to hand out
         self._flush_offset = 0  # next offset to write
-        self._buffered: dict[int, tuple[bytes, int]] = {}  # offset -> encoded lines, count
+        self._buffered: dict[int, tuple[Encoded, int]] = {}  # offset -> encoded lines, count
         self._in_flight = 0
         self._flush_lock = asyncio.Lock()
         self.error: BaseException | None = None
@@ -181,7 +184,7 @@ class ScopeWalk:
             while self._flush_offset in self._buffered:
                 data, written = self._buffered.pop(self._flush_offset)
                 if written:
-                    await self.output.write(data, written)
+                    await self._write(data, written)
                     self.result.records_written += written
                     flushed += written
                 self._flush_offset += self.page_size
@@ -189,7 +192,7 @@ class ScopeWalk:
                     break
         return flushed
 
-    def _encode(self, page: Page) -> tuple[bytes, int]:
+    def _encode(self, page: Page) -> tuple[Encoded, int]:
         """NDJSON lines for the records not seen before in this scope, and how many."""
         if not page.records:
             return b"", 0  # most scopes of a big estate are empty: nothing to stamp
@@ -197,10 +200,21 @@ class ScopeWalk:
         assert ids is not None
         keep = ids.keep_new(page.ids)
         self.result.duplicates += len(page.ids) - len(keep)
-        return encode_lines(page.records, keep, page.clashing, self._provenance()), len(keep)
+        if isinstance(self.output, SplitOutput):
+            chunks = self.output.encode(page, keep, self._provenance)
+            return chunks, sum(records for _, _, records in chunks)
+        return encode_lines(page.records, keep, page.clashing, self._provenance(self.scope)), len(keep)
 
-    def _provenance(self) -> dict[str, Any]:
-        scope = self.scope
+    async def _write(self, data: Encoded, records: int) -> None:
+        if isinstance(self.output, SplitOutput):
+            assert isinstance(data, list)
+            await self.output.write(data)
+        else:
+            assert isinstance(data, bytes)
+            await self.output.write(data, records)
+
+    def _provenance(self, scope: Scope) -> dict[str, Any]:
+        """The ``_crawl`` object of the lines of ``scope`` (the walk's, or one of its partitions)."""
         return {
             "tenant": scope.tenant,
             "region": scope.region,
@@ -340,7 +354,7 @@ class ScopeWalk:
         # Repeats are the point of this pass, not a symptom: don't count them as duplicates.
         self.result.duplicates = before_dupes
         if written:
-            await self.output.write(data, written)
+            await self._write(data, written)
             self.result.records_written += written
         return written
 

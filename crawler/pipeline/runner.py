@@ -28,7 +28,7 @@ from crawler.errors import CrawlerError
 from crawler.pipeline.client import ApiClient
 from crawler.pipeline.dedupe import spill_threshold
 from crawler.pipeline.discovery import discover_tenants
-from crawler.pipeline.engine import Engine
+from crawler.pipeline.engine import Engine, TenantCrawl
 from crawler.pipeline.manifest import build_manifest, clear_success, seal
 from crawler.pipeline.objectsink import ObjectSink
 from crawler.pipeline.objectstate import ObjectRunState, open_for_object_run
@@ -119,6 +119,7 @@ async def _run(
     stats = RunStats()
     engine: Engine | None = None
     failures: list[TenantFailure] = []
+    crawls: list[TenantCrawl] = []
     interrupted = False
     progress: asyncio.Task[None] | None = None
     state: RunState | None = None
@@ -184,6 +185,8 @@ async def _run(
         "attempt": attempt,
         "scopes_from_checkpoint": len(engine.done) if engine is not None else 0,
     }
+    # Per tenant: the plan (single pass or one per scope, and why) and the regions crawled.
+    manifest["plans"] = {crawl.name: crawl.plan_entry() for crawl in crawls}
     if options.shard is not None:
         manifest["shard"] = options.shard.manifest_block()
     manifest_path = options.manifest_path if root is None else root / "manifest.json"

@@ -23,12 +23,28 @@ class Scope:
     enterprise_project_id: str | None
     own_type: str
     filters: tuple[tuple[str, str], ...] = ()
+    # A single pass (crawler.pipeline.passes): the partitions its records are split into, each a
+    # scope of its own in the output and the manifest. Empty for a scope fetched by its own query.
+    partitions: tuple[Scope, ...] = ()
 
     @property
     def key(self) -> str:
         """Stable, unique, human-readable id, used in logs, the manifest and the run state."""
+        if self.partitions:
+            return f"{self.tenant}/{self.region}/{self.project_id}/single-pass"
         ep = self.enterprise_project_id if self.enterprise_project_id is not None else "-"
         return f"{self.tenant}/{self.region}/{self.project_id}/ep={ep}/{self.own_type}"
+
+    @property
+    def shard_key(self) -> str:
+        """What decides a scope's shard: its project, so that a single pass and its partitions
+        always fall in one shard (crawler.pipeline.shard)."""
+        return f"{self.tenant}/{self.region}/{self.project_id}"
+
+    @property
+    def members(self) -> tuple[Scope, ...]:
+        """The scopes (manifest entries) this query yields: its partitions, or itself."""
+        return self.partitions or (self,)
 
     def query(self) -> list[tuple[str, str]]:
         """The scope's fixed query parameters (paging is added per page)."""
@@ -90,6 +106,9 @@ class ScopeResult:
     notes: list[str] = field(default_factory=list)
     # Set when drift (churn) was detected and the scope re-read with a marker pass.
     reconciliation: dict[str, Any] | None = None
+    # Set for a partition of a single pass: the pass it came from, and how that pass was checked
+    # (a partition has no count of its own; the pass is reconciled against its count).
+    single_pass: dict[str, Any] | None = None
     _entry: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def entry(self) -> dict[str, Any]:
@@ -128,6 +147,7 @@ class ScopeResult:
             "finished_at": self.finished_at,
             "notes": self.notes,
             "reconciliation": self.reconciliation,
+            "single_pass": self.single_pass,
         }
 
 

@@ -29,7 +29,8 @@ from crawler.errors import UsageError
 from crawler.pipeline.engine import TenantCrawl
 from crawler.pipeline.ratelimit import STATED_MARGIN, LimiterRegistry, QuotaLimiter, QuotaOwner, stated_rate
 
-SPLIT_RULE = "int.from_bytes(sha256(scope.key)[:8], 'big') % N"
+# By project (tenant/region/project_id), so that a single pass and its partitions share a shard.
+SPLIT_RULE = "int.from_bytes(sha256(tenant/region/project_id)[:8], 'big') % N"
 ENV_INDEX = "JOB_COMPLETION_INDEX"  # set by Kubernetes for the pods of an Indexed Job
 ENV_COUNT = "CBR_CRAWLER_SHARDS"
 ENV_RUN_ID = "CBR_CRAWLER_RUN_ID"
@@ -43,9 +44,15 @@ class ShardError(UsageError):
 
 
 def shard_of(key: str, count: int) -> int:
-    """The shard (0..count-1) that owns the scope with this key. Stable across runs and machines."""
+    """The shard (0..count-1) that owns the scopes with this shard key (``Scope.shard_key``: the
+    project). Stable across runs and machines."""
     digest = hashlib.sha256(key.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % count
+
+
+def entry_shard_key(entry: Mapping[str, Any]) -> str:
+    """The shard key of a manifest scope entry (as ``Scope.shard_key``)."""
+    return f"{entry['tenant']}/{entry['region']}/{entry['project_id']}"
 
 
 def shard_dir_name(index: int, count: int) -> str:
@@ -104,8 +111,8 @@ class Shard:
     def name(self) -> str:
         return shard_dir_name(self.index, self.count)
 
-    def owns(self, key: str) -> bool:
-        return shard_of(key, self.count) == self.index
+    def owns(self, shard_key: str) -> bool:
+        return shard_of(shard_key, self.count) == self.index
 
     def output_dir(self, output: str) -> str:
         """The shard's own output root below the run's ``output``."""
@@ -230,15 +237,15 @@ class ShardRun:
 
     def select(self, plans: list[TenantCrawl]) -> list[TenantCrawl]:
         """Keep this shard's scopes of every tenant (all tenants stay, some maybe with none)."""
-        keys = [scope.key for plan in plans for scope in plan.scopes]
+        keys = [member.key for plan in plans for scope in plan.scopes for member in scope.members]
         self.discovered = len(keys)
         self.discovered_digest = keys_digest(keys)
         kept = [
-            dataclasses.replace(plan, scopes=[s for s in plan.scopes if self.shard.owns(s.key)])
+            dataclasses.replace(plan, scopes=[s for s in plan.scopes if self.shard.owns(s.shard_key)])
             for plan in plans
         ]
-        self.kept = sum(len(plan.scopes) for plan in kept)
-        self._kept_by_tenant = {plan.name: len(plan.scopes) for plan in kept}
+        self.kept = sum(len(s.members) for plan in kept for s in plan.scopes)
+        self._kept_by_tenant = {plan.name: sum(len(s.members) for s in plan.scopes) for plan in kept}
         return kept
 
     def manifest_block(self) -> dict[str, Any]:

@@ -56,6 +56,11 @@ def test_forbidden_scope_fails_with_gateway_code_and_request_id_others_complete(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "incomplete"
     assert not (out / "_SUCCESS").exists()
+    # all_granted_eps would have left the refused EP out silently: the plan fell back, and says why.
+    plan = manifest["plans"]["acme-audit"]
+    assert (
+        plan["plan"] == "one pass per scope" and f"enterprise project {other_ep} is refused" in plan["reason"]
+    )
     forbidden = [s for s in manifest["scopes"] if s["enterprise_project_id"] == other_ep]
     allowed = [s for s in manifest["scopes"] if s["enterprise_project_id"] == "0"]
     assert forbidden and allowed
@@ -178,7 +183,8 @@ def test_a_full_temporary_directory_fails_the_scopes_that_spill_their_ids_and_sa
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["status"] == "incomplete"
         failed = [s for s in manifest["scopes"] if s["status"] != "complete"]
-        assert failed and all(s["count"] for s in failed), "only scopes with backups spill"
+        counts = [s["count"] if s["single_pass"] is None else s["single_pass"]["count"] for s in failed]
+        assert failed and all(counts), "only scopes with backups spill"
         assert not list(out.rglob("*.part"))
 
 

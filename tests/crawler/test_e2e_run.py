@@ -62,8 +62,23 @@ def test_three_tenants_100k_backups_equal_ground_truth(
             lambda s=scope: emu.estate.truth_ids(s["project_id"], s["own_type"], s["enterprise_project_id"])
         )
         assert set(ids) == truth, scope["key"]
-        assert scope["count"] == len(truth) == scope["records_written"]
+        check = scope["single_pass"]
+        if check is None:
+            assert scope["count"] == len(truth) == scope["records_written"]
+        else:  # a partition of a single pass: the pass is what was counted and checked
+            assert scope["count"] is None and scope["records_written"] == len(truth)
+            assert check["complete"] and check["count"] == check["unique_ids"] == check["last_count"]
         total += len(ids)
+    # The example tenant's views and EPs come from one pass per project: every record of a pass is
+    # in exactly one (private or shared) partition, and the pass's count is theirs summed.
+    passes: dict[str, list[dict[str, Any]]] = {}
+    for scope in scopes:
+        passes.setdefault(scope["single_pass"]["pass"], []).append(scope)
+    for members in passes.values():
+        check = members[0]["single_pass"]
+        split = sum(s["records_written"] for s in members if s["own_type"] in ("private", "shared"))
+        assert split + check["records_outside_partitions"] == check["count"]
+    assert len(passes) == len({(s["region"], s["project_id"]) for s in scopes})
     # One token per project, fetched ahead of its scopes (crawler.pipeline.auth prefetch), never twice; plus
     # discovery's domain token and its project list.
     for tenant in ("acme-prod", "globex-prod", "initech-prod"):

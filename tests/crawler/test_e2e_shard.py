@@ -17,21 +17,22 @@ from conftest import crawler_env, run_cli, scope_ids, write_tenant
 from crawler.emulator.estate import DomainSpec, EstateSpec
 from crawler.emulator.scenario import Scenario
 from crawler.emulator.server import EmulatorThread
-from crawler.pipeline.shard import SPLIT_RULE, shard_of
+from crawler.pipeline.shard import SPLIT_RULE, entry_shard_key, shard_of
 
 pytestmark = pytest.mark.e2e  # against the emulator over real sockets (pytest -m "not e2e" skips)
 
 SHARDS = 4
 RATE = 200.0
 
+# Shards split by project (a single pass and its partitions stay together): enough projects for four.
 ESTATE = Scenario(
     seed=21,
     estate=EstateSpec(
         seed=21,
         regions=("cn-north-4", "ap-southeast-1"),
         domains=(
-            DomainSpec("acme", subprojects=2, enterprise_projects=2, backups=4000, empty_projects=1),
-            DomainSpec("globex", subprojects=1, enterprise_projects=1, backups=2000),
+            DomainSpec("acme", subprojects=4, enterprise_projects=2, backups=4000, empty_projects=1),
+            DomainSpec("globex", subprojects=3, enterprise_projects=1, backups=2000),
         ),
     ),
 )
@@ -107,7 +108,7 @@ def test_four_parallel_shards_merged_equal_the_unsharded_run(
         assert block["scopes_discovered"] == len(full_manifest["scopes"])
         keys = {s["key"] for s in manifest["scopes"]}
         assert keys, f"shard {k} got no scopes: the split is badly skewed"
-        assert all(shard_of(key, SHARDS) == k for key in keys)
+        assert all(shard_of(entry_shard_key(s), SHARDS) == k for s in manifest["scopes"])
         per_shard_keys.append(keys)
         # Each shard spends a quarter of every quota owner's CBR budget.
         cbr = [q for q in manifest["quota_owners"] if " -> cbr " in q["quota_owner"]]

@@ -239,7 +239,14 @@ def test_shard_run_keeps_its_scopes_and_records_the_split() -> None:
 # -- merge on synthetic shard outputs --------------------------------------------------------------
 
 COUNT = 3
-FOREIGN = next(key for key in KEYS[60:] if shard_of(key, COUNT) != 1)  # a scope that is not shard 1's
+
+
+def _project(key: str) -> str:
+    """A scope key's shard key (Scope.shard_key): its tenant/region/project."""
+    return "/".join(key.split("/")[:3])
+
+
+FOREIGN = next(key for key in KEYS[60:] if shard_of(_project(key), COUNT) != 1)  # not shard 1's
 
 
 def _scope_entry(key: str, status: str = "complete") -> dict[str, Any]:
@@ -262,7 +269,7 @@ def _write_shards(root: Path, count: int = COUNT) -> list[str]:
     keys = KEYS[:60]
     for k in range(count):
         shard_dir = root / f"shard-{k}-of-{count}"
-        mine = [key for key in keys if shard_of(key, count) == k]
+        mine = [key for key in keys if shard_of(_project(key), count) == k]
         scopes = [_scope_entry(key) for key in mine]
         for scope in scopes:
             path = shard_dir / scope["files"][0]["path"]
