@@ -182,6 +182,7 @@ class Discovered:
     plan: PlanChoice
     regions: tuple[str, ...]
     regions_skipped: tuple[str, ...] = ()  # matched by a glob, but without CBR
+    requests: int = 0  # what discovery cost: IAM, EPS, probes, the credential check
 
 
 async def discover_scopes(services: TenantServices) -> Discovered:
@@ -192,11 +193,13 @@ async def discover_scopes(services: TenantServices) -> Discovered:
     regions = list(cfg.regions)
     projects: list[tuple[str, str, str]]  # (region, id, name)
     skipped: list[str] = []
+    requests = 0
     single_region = len(regions) == 1 and not cfg.region_globs
     if cfg.projects.ids:
         projects = [(regions[0], pid, pid) for pid in cfg.projects.ids] if single_region else []
         if not projects:
             # Explicit ids across several regions: ask IAM which region each id is in.
+            requests += 1
             found, skipped = await discover_projects(
                 client, auth, services.iam.base_url, services.iam.limiter, regions
             )
@@ -206,6 +209,7 @@ async def discover_scopes(services: TenantServices) -> Discovered:
                 raise CrawlerError(f"project ids not found in regions {regions}: {', '.join(missing)}")
             projects = [(by_id[pid].region, pid, by_id[pid].name) for pid in cfg.projects.ids]
     else:
+        requests += 1
         found, skipped = await discover_projects(
             client,
             auth,
@@ -235,10 +239,12 @@ async def discover_scopes(services: TenantServices) -> Discovered:
             exclude=list(ep_cfg.exclude),
             enabled_only=ep_cfg.status == "enabled",
         )
+        requests += max(1, -(-len(found_eps) // EPS_PAGE))  # pages (of the EPs kept: a lower bound)
         eps = [ep.id for ep in found_eps]
 
     asked_iam_or_eps = not (cfg.projects.ids and single_region) or ep_cfg.mode == "discover"
     if not asked_iam_or_eps and projects:
+        requests += 1
         await _check_credential(services, projects[0][0], projects[0][1])
 
     filters = tuple(cfg.filters.to_query())
@@ -255,7 +261,8 @@ async def discover_scopes(services: TenantServices) -> Discovered:
     if plan.single_pass:
         scopes = group_into_passes(scopes, ep_cfg.mode)
     crawled = tuple(dict.fromkeys(region for region, _, _ in projects))
-    return Discovered(scopes, plan, crawled if cfg.region_globs else tuple(cfg.regions), tuple(skipped))
+    crawled_regions = crawled if cfg.region_globs else tuple(cfg.regions)
+    return Discovered(scopes, plan, crawled_regions, tuple(skipped), requests + plan.probes)
 
 
 async def _probe_enterprise_projects(
@@ -352,6 +359,7 @@ async def discover_tenant(
         plan=discovered.plan,
         regions=discovered.regions,
         regions_skipped=discovered.regions_skipped,
+        discovery_requests=discovered.requests,
         cbr_endpoint=services.cbr_endpoint,
         cbr_limiter=services.cbr_limiter,
         concurrency=config.rate_limit.concurrency,

@@ -71,6 +71,7 @@ class TenantCrawl:
     plan: PlanChoice | None = None  # how the scopes are fetched (crawler.pipeline.passes)
     regions: tuple[str, ...] = ()  # the regions crawled (discovered for `regions: all` or globs)
     regions_skipped: tuple[str, ...] = ()  # regions a glob matched that have no CBR
+    discovery_requests: int = 0  # requests discovery made (IAM, EPS, probes)
 
     def plan_entry(self) -> dict[str, object]:
         """The manifest's record of how this tenant was crawled."""
@@ -81,6 +82,7 @@ class TenantCrawl:
             "scopes": sum(len(s.members) for s in self.scopes),
             "regions": list(self.regions),
             "regions_skipped_without_cbr": list(self.regions_skipped),
+            "discovery_requests": self.discovery_requests,
         }
 
 

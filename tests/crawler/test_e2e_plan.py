@@ -43,6 +43,11 @@ def test_plan_lists_every_scope_with_the_api_count(
         assert int(backups) == truth
         assert int(requests) == max(1, math.ceil(truth / 1000))
     total_requests = sum(int(r[3]) for r in rows)
-    assert f"total: {emu.estate.backup_count} backups, {total_requests} requests" in proc.stdout
-    assert f"~{total_requests / 5:.1f}s at 5 requests/s" in proc.stdout
+    assert (
+        f"total: {emu.estate.backup_count} backups, {total_requests} requests under this plan" in proc.stdout
+    )
+    # One view, no enterprise project split: one query per project is already the minimum.
+    assert "one pass per scope: one partition per project" in proc.stdout
+    assert f"+ 1 for discovery; minimum {total_requests + 1} " in proc.stdout
+    assert f"~{(total_requests + 1) / 5:.1f}s at 5 requests/s" in proc.stdout
     assert not (tmp_path / "out").exists(), "plan writes nothing"
