@@ -185,62 +185,69 @@ class Discovered:
     requests: int = 0  # what discovery cost: IAM, EPS, probes, the credential check
 
 
+async def _projects(services: TenantServices) -> tuple[list[tuple[str, str, str]], list[str], int]:
+    """(region, id, name) of the projects to crawl, the regions skipped without CBR, requests made."""
+    cfg = services.config
+    client, auth = services.client, services.auth
+    regions = list(cfg.regions)
+    if cfg.projects.ids:
+        if len(regions) == 1 and not cfg.region_globs:
+            return [(regions[0], pid, pid) for pid in cfg.projects.ids], [], 0
+        # Explicit ids across several regions: ask IAM which region each id is in.
+        found, skipped = await discover_projects(
+            client, auth, services.iam.base_url, services.iam.limiter, regions
+        )
+        by_id = {p.id: p for p in found}
+        missing = [pid for pid in cfg.projects.ids if pid not in by_id]
+        if missing:
+            raise CrawlerError(f"project ids not found in regions {regions}: {', '.join(missing)}")
+        return [(by_id[pid].region, pid, by_id[pid].name) for pid in cfg.projects.ids], skipped, 1
+    found, skipped = await discover_projects(
+        client,
+        auth,
+        services.iam.base_url,
+        services.iam.limiter,
+        regions,
+        include=list(cfg.projects.include),
+        exclude=list(cfg.projects.exclude),
+    )
+    return [(p.region, p.id, p.name) for p in found], skipped, 1
+
+
+async def _enterprise_project_ids(services: TenantServices) -> tuple[list[str | None], int]:
+    """The enterprise project partitions asked (None: no EP parameter), and the requests made."""
+    ep_cfg = services.config.enterprise_projects
+    if ep_cfg.mode == "none":
+        return [None], 0
+    if ep_cfg.mode == "ids":
+        return list(ep_cfg.ids), 0
+    if ep_cfg.mode == "all_granted":
+        return ["all_granted_eps"], 0
+    found_eps = await discover_enterprise_projects(
+        services.client,
+        services.auth,
+        services.eps_endpoint(),
+        services.eps_limiter(),
+        include=list(ep_cfg.include),
+        exclude=list(ep_cfg.exclude),
+        enabled_only=ep_cfg.status == "enabled",
+    )
+    # Pages (counted on the EPs kept: a lower bound when name filters drop some).
+    return [ep.id for ep in found_eps], max(1, -(-len(found_eps) // EPS_PAGE))
+
+
 async def discover_scopes(services: TenantServices) -> Discovered:
     """The tenant's scopes: projects x enterprise projects x own_type views, in a stable order,
     fetched one query each or as single passes per project (:mod:`crawler.pipeline.passes`)."""
     cfg = services.config
-    client, auth = services.client, services.auth
-    regions = list(cfg.regions)
-    projects: list[tuple[str, str, str]]  # (region, id, name)
-    skipped: list[str] = []
-    requests = 0
-    single_region = len(regions) == 1 and not cfg.region_globs
-    if cfg.projects.ids:
-        projects = [(regions[0], pid, pid) for pid in cfg.projects.ids] if single_region else []
-        if not projects:
-            # Explicit ids across several regions: ask IAM which region each id is in.
-            requests += 1
-            found, skipped = await discover_projects(
-                client, auth, services.iam.base_url, services.iam.limiter, regions
-            )
-            by_id = {p.id: p for p in found}
-            missing = [pid for pid in cfg.projects.ids if pid not in by_id]
-            if missing:
-                raise CrawlerError(f"project ids not found in regions {regions}: {', '.join(missing)}")
-            projects = [(by_id[pid].region, pid, by_id[pid].name) for pid in cfg.projects.ids]
-    else:
-        requests += 1
-        found, skipped = await discover_projects(
-            client,
-            auth,
-            services.iam.base_url,
-            services.iam.limiter,
-            regions,
-            include=list(cfg.projects.include),
-            exclude=list(cfg.projects.exclude),
-        )
-        projects = [(p.region, p.id, p.name) for p in found]
-
-    eps: list[str | None]
     ep_cfg = cfg.enterprise_projects
-    if ep_cfg.mode == "none":
-        eps = [None]
-    elif ep_cfg.mode == "ids":
-        eps = list(ep_cfg.ids)
-    elif ep_cfg.mode == "all_granted":
-        eps = ["all_granted_eps"]
-    else:
-        found_eps = await discover_enterprise_projects(
-            client,
-            auth,
-            services.eps_endpoint(),
-            services.eps_limiter(),
-            include=list(ep_cfg.include),
-            exclude=list(ep_cfg.exclude),
-            enabled_only=ep_cfg.status == "enabled",
-        )
-        requests += max(1, -(-len(found_eps) // EPS_PAGE))  # pages (of the EPs kept: a lower bound)
-        eps = [ep.id for ep in found_eps]
+    # One after the other, not at once: a refused credential then costs one refused request, not
+    # two (AK/SK keys lock after five bad signatures).
+    projects, skipped, requests = await _projects(services)
+    eps, eps_requests = await _enterprise_project_ids(services)
+    requests += eps_requests
+    regions = list(cfg.regions)
+    single_region = len(regions) == 1 and not cfg.region_globs
 
     asked_iam_or_eps = not (cfg.projects.ids and single_region) or ep_cfg.mode == "discover"
     if not asked_iam_or_eps and projects:
@@ -271,15 +278,14 @@ async def _probe_enterprise_projects(
     """Before a single pass over ``all_granted_eps``: is every enterprise project asked granted?
 
     ``all_granted_eps`` returns the EPs the caller is granted and says nothing of the others, so a
-    refused EP would come out empty and "complete". One ``limit=1`` query per EP (EP grants are the
-    user's, not a project's, so one project tells) finds a refusal; the plan then falls back to one
-    query per scope, which reports it scope by scope. An int: every EP answered (that many probes).
+    refused EP would come out empty and "complete". One ``limit=1`` query per EP, all at once (EP
+    grants are the user's, not a project's, so one project tells) finds a refusal; the plan then
+    falls back to one query per scope, which reports it scope by scope. An int: every EP answered
+    (that many probes).
     """
-    probes = 0
-    for ep in eps:
-        if ep is None:
-            continue
-        probes += 1
+    asked = [ep for ep in eps if ep is not None]
+
+    async def probe(ep: str) -> PlanChoice | None:
         query = [("own_type", "all_granted"), ("enterprise_project_id", ep), ("limit", "1")]
         request = list_backups_request(services.cbr_endpoint(region), project_id, query)
         try:
@@ -288,15 +294,18 @@ async def _probe_enterprise_projects(
             raise
         except ApiError as exc:
             if exc.status in (401, 403):
-                return refused_plan(ep, f"{exc.code or exc.status}, request id {exc.request_id}", probes)
+                return refused_plan(ep, f"{exc.code or exc.status}, request id {exc.request_id}", len(asked))
             return PlanChoice(
-                False, f"could not check enterprise project {ep} ({exc}): one query per scope", probes
+                False, f"could not check enterprise project {ep} ({exc}): one query per scope", len(asked)
             )
         except CrawlerError as exc:
             return PlanChoice(
-                False, f"could not check enterprise project {ep} ({exc}): one query per scope", probes
+                False, f"could not check enterprise project {ep} ({exc}): one query per scope", len(asked)
             )
-    return probes
+        return None
+
+    answers = await asyncio.gather(*(probe(ep) for ep in asked))
+    return next((a for a in answers if a is not None), len(asked))
 
 
 async def _check_credential(services: TenantServices, region: str, project_id: str) -> None:
