@@ -137,6 +137,7 @@ class SplitOutput:
         self.rewritable = all(o.rewritable for o in outputs.values())
         self.written = dict.fromkeys(outputs, 0)
         self.outside = 0  # records of this pass in no partition asked for
+        self._routes: dict[tuple[bool, str], tuple[str, ...]] = {}
 
     def encode(
         self, page: Page, keep: Sequence[int], provenance: Callable[[Scope], dict[str, Any]]
@@ -144,19 +145,35 @@ class SplitOutput:
         """(partition key, NDJSON lines, records) for each partition the kept records fall in."""
         assert page.owners is not None and page.eps is not None, "a single pass parses owners"
         owners, eps, project = page.owners, page.eps, self.scope.project_id
-        chunks = []
-        placed: set[int] = set()
-        for partition in self.targets:
-            mine = [i for i in keep if in_partition(partition, project, owners[i], eps[i])]
-            if mine:
-                placed.update(mine)
-                lines = encode_lines(page.records, mine, page.clashing, provenance(partition))
-                chunks.append((partition.key, lines, len(mine)))
-        if len(placed) < len(keep):
-            for partition in self.done:  # an earlier attempt wrote these: counted, not written again
-                placed.update(i for i in keep if in_partition(partition, project, owners[i], eps[i]))
-        self.outside += len(keep) - len(placed)
-        return chunks
+        routes = self._routes
+        mine: dict[str, list[int]] = {}
+        outside = 0
+        for i in keep:
+            # One dict lookup per record: its (view, EP) -> the partitions it belongs to.
+            key = (owners[i] == project, eps[i])
+            targets = routes.get(key)
+            if targets is None:
+                targets = routes[key] = self._targets_of(owners[i], eps[i])
+            if not targets:
+                outside += 1
+            for partition_key in targets:
+                mine.setdefault(partition_key, []).append(i)
+        self.outside += outside
+        return [
+            (p.key, encode_lines(page.records, mine[p.key], page.clashing, provenance(p)), len(mine[p.key]))
+            for p in self.targets
+            if p.key in mine
+        ]
+
+    def _targets_of(self, owner: str, ep: str) -> tuple[str, ...]:
+        """The partitions still to write that a record of this owner and EP belongs to; () when it
+        belongs to none asked; ``("",)``, a key no target has, when it belongs only to partitions an
+        earlier attempt wrote (counted as placed, written nowhere)."""
+        project = self.scope.project_id
+        wanted = tuple(p.key for p in self.targets if in_partition(p, project, owner, ep))
+        if not wanted and any(in_partition(p, project, owner, ep) for p in self.done):
+            return ("",)
+        return wanted
 
     async def write(self, chunks: Sequence[tuple[str, bytes, int]]) -> None:
         for key, data, records in chunks:

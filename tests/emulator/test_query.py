@@ -467,3 +467,24 @@ def test_bad_markers_are_400(estate: Estate, big: str) -> None:
 
 def test_unknown_project_has_no_backups(estate: Estate) -> None:
     assert call(estate, "0" * 32) == {"backups": [], "count": 0}
+
+
+def test_the_fields_a_single_pass_splits_by_are_those_the_per_view_queries_match(estate: Estate) -> None:
+    """What the crawler's single pass relies on (README, "Plans"): in an own_type=all_granted,
+    enterprise_project_id=all_granted_eps page, a record's project_id is its owner's project (so
+    private = listed project, shared = another) and its enterprise_project_id is the EP a per-EP
+    query matches it on."""
+    eps = [ep.id for ep in next(iter(estate.enterprise_projects.values()))]
+    shared_seen = 0
+    for project_id in estate.projects:
+        every = all_pages(estate, project_id, own_type="all_granted", enterprise_project_id="all_granted_eps")
+        split: dict[tuple[str, str], set[str]] = {}
+        for record in every:
+            view = "private" if record["project_id"] == project_id else "shared"
+            split.setdefault((view, record.get("enterprise_project_id", "0")), set()).add(record["id"])
+        shared_seen += sum(len(v) for (view, _), v in split.items() if view == "shared")
+        for view in ("private", "shared"):
+            for ep in eps:
+                asked = all_pages(estate, project_id, own_type=view, enterprise_project_id=ep)
+                assert set(ids(asked)) == split.get((view, ep), set()), (project_id, view, ep)
+    assert shared_seen, "the estate must share backups for this to mean anything"
