@@ -1023,3 +1023,18 @@ def test_unlimited_rate_is_for_private_clouds_and_the_emulator_only() -> None:
     assert parse(BASE + "rate_limit:\n  requests_per_second: 25\n").rate_limit.rate == 25.0
     rate_schema = json_schema()["$defs"]["RateLimit"]["properties"]["requests_per_second"]
     assert {"const": "unlimited"} in rate_schema["anyOf"]
+
+
+def test_regions_all_and_globs() -> None:
+    head = "tenant: t\nauth: {mode: token, token_env: T}\n"
+    assert parse(head + "regions: all\n").regions == ("*",)
+    tenant = parse(head + "regions: [cn-*, ap-southeast-1]\n")
+    assert tenant.regions == ("cn-*", "ap-southeast-1") and tenant.region_globs
+    assert not parse(head + "regions: [cn-north-4]\n").region_globs
+    assert parse(head + "regions: all\nplan: per_pass\n").plan == "per_pass"
+    assert parse(head + "regions: all\n").plan == "auto"
+    assert str(error_in(head + "regions: [zz-*]\n")) == (
+        "t.yaml:3: regions[0]: 'zz-*' matches no region with CBR (fix: see KNOWN_REGIONS)"
+    )
+    assert "is not a region glob" in str(error_in(head + "regions: ['cn/*']\n"))
+    assert "plan" in str(error_in(head + "regions: all\nplan: cheapest\n"))
