@@ -16,11 +16,11 @@ from crawler.pipeline.dedupe import RECENT_PAGES, ScopeIds, compact_id, spill_th
 PAGE = 10
 
 
-def _keys(n: int) -> list[str | bytes]:
-    return [compact_id(str(uuid.UUID(int=i + 1, version=4))) for i in range(n)]
+def _keys(n: int) -> list[str]:
+    return [str(uuid.UUID(int=i + 1, version=4)) for i in range(n)]
 
 
-def _add_pages(ids: ScopeIds, keys: list[str | bytes]) -> list[bool]:
+def _add_pages(ids: ScopeIds, keys: list[str]) -> list[bool]:
     added = []
     for at in range(0, len(keys), PAGE):
         added += [ids.add(k) for k in keys[at : at + PAGE]]
@@ -89,3 +89,30 @@ async def test_a_failing_sort_is_an_error_not_a_verdict(monkeypatch: pytest.Monk
     with pytest.raises(OSError, match="sort of the spilled backup ids exited with 1"):
         await ids.verify()
     ids.close()
+
+
+async def test_ids_that_differ_only_by_escapes_are_distinct_spilled_lines() -> None:
+    """The spill file holds the ids themselves, escaped: line breaks, backslashes and NUL never make
+    two distinct ids one line, nor one id two lines."""
+    tricky = ["a\nb", "a\\nb", "a\\\nb", "a\rb", "a\\rb", "a\x00b", "a\\0b", "plain"]
+    assert len(set(tricky)) == len(tricky)
+    for repeat in (False, True):
+        ids = ScopeIds(expected=100, page_size=PAGE, spill_at=0)
+        assert ids.keep_new(tricky) == list(range(len(tricky)))
+        for n in range(RECENT_PAGES + 1):  # push them out of memory: only the file can tell
+            ids.keep_new([f"{k}-{n}" for k in _keys(PAGE)])
+        if repeat:
+            ids.add("a\\nb")
+            ids.end_page()
+        assert await ids.verify() is not repeat
+        ids.close()
+
+
+def test_keep_new_takes_a_page_at_once_and_catches_repeats_within_it() -> None:
+    ids = ScopeIds(expected=10, page_size=PAGE)
+    assert ids.keep_new(["a", "b", "a", "c"]) == [0, 1, 3]
+    assert ids.keep_new(["c", "d"]) == [1]
+    assert ids.count == 4
+    assert compact_id("0e4fd2f8-6e4c-4a55-9b34-4b3bb3b5c1a2") == bytes.fromhex(
+        "0e4fd2f86e4c4a559b344b3bb3b5c1a2"
+    )
