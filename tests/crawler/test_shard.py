@@ -61,8 +61,10 @@ def test_split_is_balanced_enough() -> None:
 
 
 def test_split_is_pinned_and_independent_of_python_hash_seed() -> None:
-    # Pinned: the same scope goes to the same shard in every release (resume depends on it).
-    assert [shard_of("acme-prod/cn-north-4/p1/ep=0/private", n) for n in (2, 3, 4, 7)] == [1, 1, 1, 5]
+    # Pinned: the same project (Scope.shard_key) goes to the same shard in every release (resume
+    # depends on it). Changed once, from the scope key to the project, with the single pass.
+    assert [shard_of("acme-prod/cn-north-4/p1", n) for n in (2, 3, 4, 7)] == [0, 0, 2, 1]
+    assert Scope("acme-prod", "cn-north-4", "p1", "x", "0", "private").shard_key == "acme-prod/cn-north-4/p1"
     code = (
         "from crawler.pipeline.shard import shard_of; import sys; "
         "print([shard_of(k, 5) for k in sys.argv[1:]])"
