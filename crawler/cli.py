@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from crawler import __version__
 from crawler.commands import demo, diff, merge, plan, report, run, validate
@@ -40,6 +41,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+UMASK_ENV = "CBR_CRAWLER_UMASK"
+DEFAULT_UMASK = 0o077  # files 0600, directories 0700: the inventory and the run state are sensitive
+
+
+def output_umask(environ: Mapping[str, str]) -> int:
+    """The umask every file and directory the crawler creates gets: $CBR_CRAWLER_UMASK (octal, e.g.
+    022 when node_exporter or a downstream reader runs as another user), else 077."""
+    text = environ.get(UMASK_ENV, "").strip()
+    if not text:
+        return DEFAULT_UMASK
+    try:
+        value = int(text, 8)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0o777:
+        raise UsageError(f"{UMASK_ENV}={text!r}: give an octal umask such as 077 or 022")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["emulator"]:
@@ -48,7 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return emulator_main(argv[1:])
     args = build_parser().parse_args(argv)
+    previous_umask: int | None = None
     try:
+        # Outputs, run state, reports and metrics private (0600/0700) unless asked otherwise.
+        previous_umask = os.umask(output_umask(os.environ))
         code: int = args.func(args)
         return code
     except ConfigError as exc:
@@ -69,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INCOMPLETE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    finally:
+        if previous_umask is not None:
+            os.umask(previous_umask)  # as it was, for a caller that goes on (tests call main())
 
 
 if __name__ == "__main__":  # pragma: no cover

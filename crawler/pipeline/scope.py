@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,14 +76,29 @@ class Scope:
         return f"{directory}/{self.file_name()}" if directory else self.file_name()
 
 
+_SAFE = re.compile(r"[a-z0-9][a-z0-9._=-]{0,99}")  # kept as it is: lower-case, short, no "..", no "~"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+_DOTS = re.compile(r"\.{2,}")
+READABLE_MAX = 60  # characters of an escaped value kept readable before its hash
 
 
 @functools.lru_cache(maxsize=4096)  # the same regions, projects and EPs, scope after scope
 def safe_component(value: str) -> str:
-    """A path component that can't climb out of the output root or clash with the filesystem."""
-    cleaned = _UNSAFE.sub("_", value).strip(".") or "_"
-    return cleaned
+    """A path component for a value the API sent (region, project name, EP id), safe and distinct.
+
+    A value that is already a plain lower-case name (``cn-north-4_web``, a UUID) is used as it is.
+    Any other (upper case, ``/``, ``\\``, ``..``, NUL and control characters, non-ASCII, very
+    long) becomes its readable part (unsafe runs replaced by ``_``, at most 60 characters) followed
+    by ``~`` and 12 hex digits of the value's sha256: ``Web`` -> ``Web~4f1c...``, ``../etc`` ->
+    ``_etc~...``. So a component never leaves its directory, is at most 73 characters, and two
+    distinct values never share one: not by case on a case-insensitive filesystem, nor by Unicode
+    normalisation (NFC and NFD spellings hash apart), since a plain name has no ``~``.
+    """
+    if _SAFE.fullmatch(value) and ".." not in value:
+        return value
+    readable = _DOTS.sub("_", _UNSAFE.sub("_", value)).strip(".")[:READABLE_MAX] or "_"
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{readable}~{digest}"
 
 
 @dataclass(slots=True)

@@ -40,6 +40,7 @@ from typing import IO, Any, Protocol, cast
 
 import zstandard
 
+from crawler.support.files import NOFOLLOW, make_directories_within, open_new
 from crawler.support.groupcommit import GroupCommit
 
 COMPRESSION_SUFFIX = {"none": "", "gzip": ".gz", "zstd": ".zst"}
@@ -89,14 +90,14 @@ class _HashingWriter:
 class _FileWriter:
     """Blocking part of a scope file; every method runs in the sink's thread pool."""
 
-    def __init__(self, final: Path, compression: str, made_directories: set[str]) -> None:
-        self.final = final
+    def __init__(self, root: str, relpath: str, compression: str, made_directories: set[str]) -> None:
+        self.final = final = Path(root) / relpath
         self.part = final.with_name(final.name + ".part")
-        directory = os.path.dirname(final)
+        directory = os.path.dirname(relpath)
         if directory not in made_directories:
-            os.makedirs(directory, exist_ok=True)
+            make_directories_within(root, directory)
             made_directories.add(directory)
-        self.raw = open(self.part, "wb")  # noqa: SIM115 - closed in finish()/discard()
+        self.raw = open_new(str(self.part))  # closed in finish()/discard()
         self.hashing = _HashingWriter(self.raw)
         self.stream: Any
         if compression == "gzip":
@@ -196,7 +197,8 @@ class FileScopeOutput:
 
     def _open_with(self, data: bytes) -> _FileWriter:
         """(Sink thread) Open the file and write ``data``; nothing is left behind if that fails."""
-        writer = _FileWriter(self._sink.root / self.relpath, self.compression, self._sink.made_directories)
+        sink = self._sink
+        writer = _FileWriter(sink._root_text, self.relpath, self.compression, sink.made_directories)
         try:
             writer.write(data)
         except BaseException:
@@ -311,9 +313,9 @@ def _write_file(part: str, destination: str, payload: bytes) -> tuple[int, str]:
     """
     if not payload:
         # An empty file cannot be half-written: it is created under its final name at once.
-        os.close(os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+        os.close(os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o666))
         return 0, _EMPTY_SHA256
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o666)
     try:
         try:
             view = memoryview(payload)
@@ -398,9 +400,9 @@ class FileSink:
         for job in batch:
             try:
                 final = f"{root}/{job.relpath}"
-                directory = os.path.dirname(final)
+                directory = os.path.dirname(job.relpath)
                 if directory not in self.made_directories:
-                    os.makedirs(directory, exist_ok=True)
+                    make_directories_within(root, directory)
                     self.made_directories.add(directory)
                 payload = _compressed(job.data, job.compression)
                 size, digest = _write_file(final + ".part", f"{root}/{job.destination}", payload)

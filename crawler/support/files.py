@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ def atomic_file(path: Path, buffering: int = -1) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb", buffering=buffering) as fh:
+        with open_new(str(tmp), buffering) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -31,6 +33,37 @@ def atomic_file(path: Path, buffering: int = -1) -> Iterator[BinaryIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def open_new(path: str, buffering: int = -1) -> BinaryIO:
+    """``path`` opened for writing, truncated, never through a symbolic link planted there (the
+    open fails with ELOOP instead of writing wherever the link points)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o666)
+    return os.fdopen(fd, "wb", buffering=buffering)
+
+
+def make_directories_within(root: str, relative: str) -> None:
+    """Create ``root/relative`` one component at a time, refusing a component that is a symbolic
+    link or not a directory: the output never follows a link planted in it out of its root. (The
+    root itself is the user's choice: created if missing, and it may be a link.)"""
+    os.makedirs(root, exist_ok=True)
+    path = root
+    for part in relative.split("/"):
+        if not part or part == ".":
+            continue
+        path = os.path.join(path, part)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):  # another thread made it meanwhile
+                os.mkdir(path)
+            info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a directory"
+            raise OSError(errno.ELOOP, f"{path} is {kind}: the output does not write through it", path)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
