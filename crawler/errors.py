@@ -173,7 +173,15 @@ class BadResponseError(CrawlerError):
 
 
 class DeadlineExceeded(CrawlerError):
-    """A scope's deadline passed while its requests were being retried; not retryable."""
+    """A scope's deadline passed while its requests were being retried; not retryable.
+
+    ``code`` and ``request_id`` are those of the last error met, if it had them (the answer an
+    operator would look up)."""
+
+    def __init__(self, message: str, *, last: BaseException | None = None) -> None:
+        self.code = getattr(last, "code", None)
+        self.request_id = getattr(last, "request_id", None)
+        super().__init__(message)
 
 
 def is_retryable(exc: BaseException) -> bool:

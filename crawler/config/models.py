@@ -417,6 +417,13 @@ class Timeouts(Model):
         le=3600,
         description="Time to wait for an answer (a 1000-record page can be slow).",
     )
+    request: Annotated[float, Strict()] = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="Deadline for one attempt of one request, its whole answer included (a server "
+        "that sends a byte a second never trips the read timeout).",
+    )
     scope: Annotated[float, Strict()] = Field(
         default=3600.0,
         gt=0,

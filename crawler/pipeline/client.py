@@ -189,6 +189,34 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
+# The largest answer read: a 1000-record page is ~2 MB (children and replication records included);
+# a server sending more is refused with a clear error instead of filling the memory.
+MAX_BODY_BYTES = 64 << 20
+
+
+class BodyTooLarge(ApiError):
+    """An answer larger than the client reads (or a Content-Length that says so); not retried."""
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, request: ApiRequest, cap: int) -> bytes:
+    """The answer's body, at most ``cap`` bytes; :class:`BodyTooLarge` past it (read no further)."""
+    request_id = resp.headers.get("X-Request-Id")
+    too_large = f"the answer is larger than {cap:,} bytes: refused (a page is ~2 MB)"
+    if resp.content_length is not None and resp.content_length > cap:
+        raise BodyTooLarge(
+            resp.status, "BodyTooLarge", f"{too_large}; Content-Length {resp.content_length:,}",
+            request_id=request_id, url=request.path,
+        )  # fmt: skip
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(1 << 20):
+        body += chunk
+        if len(body) > cap:
+            raise BodyTooLarge(
+                resp.status, "BodyTooLarge", too_large, request_id=request_id, url=request.path
+            )
+    return bytes(body)
+
+
 class ApiClient:
     """Sends requests for the whole run over one ``ClientSession``."""
 
@@ -199,8 +227,10 @@ class ApiClient:
         retry: RetryPolicy | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        max_body: int = MAX_BODY_BYTES,
     ) -> None:
         self.session = session
+        self.max_body = max_body
         self.retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
         self._sleep = sleep
@@ -224,10 +254,27 @@ class ApiClient:
         """
         reauthenticated = False
         attempt = 0
+        last_error: Exception | None = None
         while True:
             attempt += 1
             try:
-                response = await self._attempt(request, auth, limiter, expect_json, parse)
+                if deadline is None:
+                    response = await self._attempt(request, auth, limiter, expect_json, parse)
+                else:
+                    # The deadline bounds the attempt under way too: a server that answers a byte a
+                    # second never trips the read timeout, which restarts with every byte.
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            response = await self._attempt(request, auth, limiter, expect_json, parse)
+                    except TimeoutError as exc:
+                        if limiter is not None:
+                            limiter.stats.errors += 1
+                        before = f"; the attempt before: {last_error}" if last_error is not None else ""
+                        raise DeadlineExceeded(
+                            f"scope deadline reached during attempt {attempt} of "
+                            f"{request.method} {request.path} (no whole answer yet){before}",
+                            last=last_error,
+                        ) from exc
                 if limiter is not None:
                     limiter.on_success()
                 return response
@@ -241,6 +288,7 @@ class ApiClient:
                 log.info("401 from %s %s: re-authenticating once", request.service, request.path)
                 continue
             except Exception as exc:
+                last_error = exc
                 paced = is_paced(exc, limiter)
                 limit = self.retry.max_paced_attempts if paced else self.retry.max_attempts
                 if not is_retryable(exc) or attempt >= limit:
@@ -253,7 +301,7 @@ class ApiClient:
                     if limiter is not None:
                         limiter.stats.errors += 1
                     raise DeadlineExceeded(
-                        f"scope deadline reached after {attempt} attempts; last error: {exc}"
+                        f"scope deadline reached after {attempt} attempts; last error: {exc}", last=exc
                     ) from exc
                 if limiter is not None:
                     limiter.stats.retries += 1
@@ -282,8 +330,8 @@ class ApiClient:
             async with self.session.request(
                 request.method, url, headers=headers, data=request.body or None, allow_redirects=False
             ) as resp:
-                body = await resp.read()
                 status = resp.status
+                body = await _read_capped(resp, request, self.max_body)
                 request_id = resp.headers.get("X-Request-Id")
                 resp_headers = resp.headers
                 retry_after = _retry_after(resp.headers)
@@ -294,6 +342,15 @@ class ApiClient:
         except TimeoutError as exc:
             raise TransportError(f"{request.method} {url.path}: timed out") from exc
 
+        if 300 <= status < 400:
+            raise ApiError(
+                status,
+                "Redirect",
+                f"redirected to {resp_headers.get('Location', '(no Location)')}: redirects are not "
+                "followed, so that no credential is ever sent to another host",
+                request_id=request_id,
+                url=str(url.path),
+            )
         if status >= 400:
             code, message = parse_error(status, body)
             if request_id is None:

@@ -28,6 +28,11 @@ def list_backups_request(base_url: str, project_id: str, query: Sequence[tuple[s
     )
 
 
+# More backups than any project holds (CBR quotas are far lower): a count past it is a broken or
+# hostile answer, and would have the crawler page through a billion empty offsets.
+MAX_COUNT = 100_000_000
+
+
 class _Page(msgspec.Struct):
     backups: list[msgspec.Raw]
     count: int
@@ -89,7 +94,12 @@ def parse_page(body: bytes, request_id: str | None, owned: bool = False) -> Page
         raise BadResponseError(
             f"not a ListBackups page ({len(body)} bytes): {exc}", request_id=request_id
         ) from exc
-    if page.count < 0:
+    except RecursionError:
+        # JSON nested deeper than the decoder goes (a hostile or broken server): not a page.
+        raise BadResponseError(
+            f"not a ListBackups page ({len(body)} bytes): nested too deep", request_id=request_id
+        ) from None
+    if not 0 <= page.count <= MAX_COUNT:
         raise BadResponseError(f"ListBackups answer has a bad 'count': {page.count}", request_id=request_id)
     records: list[bytes] = []
     ids: list[str] = []
@@ -100,7 +110,7 @@ def parse_page(body: bytes, request_id: str | None, owned: bool = False) -> Page
     for index, raw in enumerate(page.backups):
         try:
             head = decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             raise BadResponseError(f"backup #{index} of the page: {exc}", request_id=request_id) from exc
         if not head.id:
             raise BadResponseError(f"backup #{index} of the page has an empty 'id'", request_id=request_id)

@@ -143,6 +143,16 @@ class ScopeWalk:
             if self.error is None:
                 self.error = exc
             return
+        except Exception as exc:  # a bug met on some answer: this scope fails, the run goes on
+            log.error(
+                "scope %s: unexpected error on the page at offset %d", self.scope.key, offset, exc_info=True
+            )
+            self._in_flight -= 1
+            if self.error is None:
+                self.error = CrawlerError(
+                    f"internal error on the page at offset {offset}: {type(exc).__name__}: {exc}"
+                )
+            return
         self.stats.pages += 1
         try:
             self.stats.records += await self._accept(offset, page)

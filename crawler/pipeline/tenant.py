@@ -61,7 +61,8 @@ def open_session(tenants: Sequence[TenantConfig]) -> aiohttp.ClientSession:
     """The run's one HTTP session, with the tenants' most patient timeouts and room for every worker."""
     connect = max((t.timeouts.connect for t in tenants), default=10.0)
     read = max((t.timeouts.read for t in tenants), default=60.0)
-    timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=read)
+    total = max((t.timeouts.request for t in tenants), default=300.0)
+    timeout = aiohttp.ClientTimeout(total=total, connect=connect, sock_read=read)
     limit = sum(t.rate_limit.concurrency for t in tenants) + 8
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300)
     return aiohttp.ClientSession(timeout=timeout, connector=connector, raise_for_status=False)
