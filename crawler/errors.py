@@ -161,6 +161,10 @@ class TransportError(CrawlerError):
     retryable = True
 
 
+class CertificateError(CrawlerError):
+    """The endpoint's TLS certificate is not trusted (self-signed, another CA, wrong host)."""
+
+
 class BadResponseError(CrawlerError):
     """The answer was not what the API promises: not JSON, no ``backups`` list, a record with no id."""
 
@@ -193,6 +197,7 @@ __all__ = [
     "ApiError",
     "AuthFailedError",
     "BadResponseError",
+    "CertificateError",
     "ConfigError",
     "ConfigErrors",
     "CrawlerError",

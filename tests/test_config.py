@@ -366,7 +366,7 @@ def test_secrets_never_appear_in_reprs_or_dumps(tmp_path: Path) -> None:
             "region: cn-north-4\n",
             "t.yaml:8: region: unknown key 'region' (fix: did you mean 'regions'? allowed keys: tenant, "
             "auth, endpoints, regions, projects, enterprise_projects, own_types, plan, filters, rate_limit, "
-            "output, timeouts)",
+            "output, timeouts, tls, proxy)",
         ),
         (
             "rate_limit:\n  concurency: 3\n",
@@ -519,7 +519,7 @@ def test_secrets_never_appear_in_reprs_or_dumps(tmp_path: Path) -> None:
             "auth2: {}\n",
             "t.yaml:8: auth2: unknown key 'auth2' (fix: did you mean 'auth'? allowed keys: tenant, auth, "
             "endpoints, regions, projects, enterprise_projects, own_types, plan, filters, rate_limit, "
-            "output, timeouts)",
+            "output, timeouts, tls, proxy)",
         ),
     ],
 )

@@ -139,7 +139,7 @@ async def _count_of(
     request = list_backups_request(crawl.cbr_endpoint(scope.region), scope.project_id, query)
     async with semaphore:
         try:
-            response = await client.send(
+            response = await (crawl.client or client).send(
                 request, crawl.auth, crawl.cbr_limiter(scope.region), parse=parse_page
             )
         except CrawlerError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import fnmatch
+import os
 import re
 import string
 from collections.abc import Mapping
@@ -405,6 +406,21 @@ class Endpoints(Model):
     _check = field_validator("iam", "eps", "cbr")(_check_endpoint)
 
 
+class TlsConfig(Model):
+    """How the tenant's endpoints are trusted."""
+
+    ca_file: Annotated[str, Strict()] | None = Field(
+        default=None,
+        description="PEM bundle of the CAs that sign the endpoints' certificates (a private cloud), "
+        "trusted instead of the system's; relative to the tenant file.",
+    )
+    verify: Annotated[bool, Strict()] = Field(
+        default=True,
+        description="false turns certificate verification off: never on the public cloud; logged as "
+        "a warning on every run.",
+    )
+
+
 class Timeouts(Model):
     """Network timeouts per request, and a deadline per scope, in seconds."""
 
@@ -516,6 +532,12 @@ class TenantConfig(Model):
     rate_limit: RateLimit = Field(default_factory=RateLimit, description="Request pacing.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Output location and format.")
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Network timeouts.")
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="Certificate verification.")
+    proxy: Annotated[str, Strict()] | None = Field(
+        default=None,
+        description="HTTP(S) proxy URL for this tenant's requests; else HTTPS_PROXY / HTTP_PROXY / "
+        "NO_PROXY from the environment are honoured.",
+    )
 
     _origin: Origin = PrivateAttr(default_factory=Origin)
 
@@ -595,6 +617,12 @@ class TenantConfig(Model):
     def source(self) -> str:
         """The file this tenant was loaded from, or ``<memory>`` for one built in Python."""
         return self._origin.file or "<memory>"
+
+    def resolve_path(self, path: str) -> str:
+        """``path`` as given, or relative to the tenant file's directory when it is relative."""
+        if os.path.isabs(path) or self._origin.file is None:
+            return path
+        return os.path.join(os.path.dirname(self._origin.file), path)
 
     def with_endpoints(self, endpoints: Mapping[str, str]) -> TenantConfig:
         """A copy with some endpoint templates replaced (the demo points a tenant at the emulator).

@@ -9,9 +9,11 @@ goes stale), and be counted.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import logging
 import random
+import ssl as ssl_module
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,6 +27,7 @@ from crawler.errors import (
     ApiError,
     AuthFailedError,
     BadResponseError,
+    CertificateError,
     DeadlineExceeded,
     RetryableApiError,
     TransportError,
@@ -228,12 +231,24 @@ class ApiClient:
         rng: random.Random | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
         max_body: int = MAX_BODY_BYTES,
+        ssl: ssl_module.SSLContext | bool = True,
+        proxy: str | None = None,
     ) -> None:
         self.session = session
         self.max_body = max_body
+        # Per tenant (for_tenant): the CA bundle or verification, and an explicit proxy; the
+        # environment's HTTPS_PROXY / NO_PROXY apply otherwise (the session trusts the env).
+        self.ssl = ssl
+        self.proxy = proxy
         self.retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
         self._sleep = sleep
+
+    def for_tenant(self, ssl: ssl_module.SSLContext | bool, proxy: str | None) -> ApiClient:
+        """This client, on the same session and retry policy, with a tenant's TLS and proxy."""
+        view = copy.copy(self)
+        view.ssl, view.proxy = ssl, proxy
+        return view
 
     async def send(
         self,
@@ -328,7 +343,13 @@ class ApiClient:
         url = request.url()
         try:
             async with self.session.request(
-                request.method, url, headers=headers, data=request.body or None, allow_redirects=False
+                request.method,
+                url,
+                headers=headers,
+                data=request.body or None,
+                allow_redirects=False,
+                ssl=self.ssl,
+                proxy=self.proxy,
             ) as resp:
                 status = resp.status
                 body = await _read_capped(resp, request, self.max_body)
@@ -337,6 +358,12 @@ class ApiClient:
                 retry_after = _retry_after(resp.headers)
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
             raise TransportError(f"{request.method} {url.path}: connection lost mid-answer: {exc}") from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # Not retried: another attempt meets the same certificate.
+            raise CertificateError(
+                f"{request.method} {url.host}: the server's certificate is not trusted "
+                f"({exc.certificate_error}); set tls.ca_file to the CA bundle that signs it"
+            ) from exc
         except aiohttp.ClientError as exc:
             raise TransportError(f"{request.method} {url.path}: {type(exc).__name__}: {exc}") from exc
         except TimeoutError as exc:

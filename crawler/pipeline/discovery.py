@@ -369,6 +369,7 @@ async def discover_tenant(
         regions=discovered.regions,
         regions_skipped=discovered.regions_skipped,
         discovery_requests=discovered.requests,
+        client=services.client,
         cbr_endpoint=services.cbr_endpoint,
         cbr_limiter=services.cbr_limiter,
         concurrency=config.rate_limit.concurrency,

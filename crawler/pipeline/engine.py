@@ -72,6 +72,7 @@ class TenantCrawl:
     regions: tuple[str, ...] = ()  # the regions crawled (discovered for `regions: all` or globs)
     regions_skipped: tuple[str, ...] = ()  # regions a glob matched that have no CBR
     discovery_requests: int = 0  # requests discovery made (IAM, EPS, probes)
+    client: ApiClient | None = None  # the tenant's view of the run's client (its TLS and proxy)
 
     def plan_entry(self) -> dict[str, object]:
         """The manifest's record of how this tenant was crawled."""
@@ -222,7 +223,7 @@ class Engine:
             raise tenant.refused  # every other scope of the tenant would be refused the same way
         request = list_backups_request(tenant.cbr_endpoint(scope.region), scope.project_id, query)
         try:
-            response = await self.client.send(
+            response = await (tenant.client or self.client).send(
                 request,
                 tenant.auth,
                 tenant.cbr_limiter(scope.region),

@@ -8,14 +8,19 @@ their credential in the body, so the credential is not known to the gateway yet)
 
 from __future__ import annotations
 
+import logging
+import ssl
 from collections.abc import Sequence
 
 import aiohttp
 
 from crawler.config import TenantConfig
+from crawler.errors import CrawlerError
 from crawler.pipeline.auth import IamEndpoints, build_authenticator
 from crawler.pipeline.client import ApiClient, Authenticator
 from crawler.pipeline.ratelimit import LimiterRegistry, QuotaLimiter, QuotaOwner
+
+log = logging.getLogger(__name__)
 
 
 class TenantServices:
@@ -24,13 +29,13 @@ class TenantServices:
     def __init__(self, config: TenantConfig, client: ApiClient, limiters: LimiterRegistry) -> None:
         self.config = config
         self.name = config.name
-        self.client = client
+        self.client = client.for_tenant(tls_context(config), config.proxy)
         self._limiters = limiters
         iam_base = config.endpoint("iam", None)
         self.iam = IamEndpoints(
             iam_base, limiters.get(QuotaOwner(f"tenant:{self.name}", "iam", iam_base), None)
         )
-        self.auth: Authenticator = build_authenticator(config.auth, client, self.iam)
+        self.auth: Authenticator = build_authenticator(config.auth, self.client, self.iam)
         self._cbr_endpoints: dict[str, str] = {}
         self._cbr_limiters: dict[str, QuotaLimiter] = {}
 
@@ -57,6 +62,27 @@ class TenantServices:
         return self._limiter("eps", self.eps_endpoint())
 
 
+def tls_context(config: TenantConfig) -> ssl.SSLContext | bool:
+    """The tenant's certificate trust: the system's (True), its CA bundle, or none (said loudly)."""
+    if not config.tls.verify:
+        log.warning(
+            "tenant %s: TLS certificate verification is OFF (tls.verify: false in %s): anyone on the "
+            "path can read its credential and its inventory",
+            config.name,
+            config.source,
+        )
+        return False
+    if config.tls.ca_file is None:
+        return True
+    path = config.resolve_path(config.tls.ca_file)
+    try:
+        return ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        raise CrawlerError(
+            f"tenant {config.name}: tls.ca_file {path}: cannot be read as a PEM CA bundle: {exc}"
+        ) from exc
+
+
 def open_session(tenants: Sequence[TenantConfig]) -> aiohttp.ClientSession:
     """The run's one HTTP session, with the tenants' most patient timeouts and room for every worker."""
     connect = max((t.timeouts.connect for t in tenants), default=10.0)
@@ -65,4 +91,5 @@ def open_session(tenants: Sequence[TenantConfig]) -> aiohttp.ClientSession:
     timeout = aiohttp.ClientTimeout(total=total, connect=connect, sock_read=read)
     limit = sum(t.rate_limit.concurrency for t in tenants) + 8
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300)
-    return aiohttp.ClientSession(timeout=timeout, connector=connector, raise_for_status=False)
+    # trust_env: HTTPS_PROXY / HTTP_PROXY / NO_PROXY (and ~/.netrc) as every HTTP client honours them.
+    return aiohttp.ClientSession(timeout=timeout, connector=connector, raise_for_status=False, trust_env=True)
