@@ -46,6 +46,7 @@ class HostileServer:
         self.elsewhere: list[dict[str, str]] = []  # requests that reached the redirect's target
         self.url = self.elsewhere_url = ""
         self._runners: list[web.AppRunner] = []
+        self.projects: list[dict[str, Any]] = []  # what IAM's GET /v3/auth/projects lists
 
     async def _serve(self, handler: Handler) -> str:
         app = web.Application()
@@ -64,9 +65,11 @@ class HostileServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         rid = f"{self.requests:032x}"
+        if request.path == "/v3/auth/projects":
+            return web.json_response({"projects": self.projects}, headers={"X-Request-Id": rid})
         behaviour = int(request.match_info["tail"].split("/")[1], 16)
         try:
-            response = await BEHAVIOURS[behaviour][1](self, request)
+            response = await BEHAVIOURS.get(behaviour, ("its own page", own_page))[1](self, request)
         except web.HTTPException as exc:  # a redirect: an answer too, with its id
             exc.headers["X-Request-Id"] = rid
             raise
@@ -100,6 +103,11 @@ class HostileServer:
 
 async def ok(server: HostileServer, request: web.Request) -> web.StreamResponse:
     return _page([{"id": f"id-{i}", "project_id": _project(1), "name": "b"} for i in range(3)], 3)
+
+
+async def own_page(server: HostileServer, request: web.Request) -> web.StreamResponse:
+    project = request.match_info["tail"].split("/")[1]
+    return _page([{"id": f"{project}-{i}", "project_id": project} for i in range(2)], 2)
 
 
 async def html(server: HostileServer, request: web.Request) -> web.StreamResponse:
@@ -268,3 +276,48 @@ def test_a_401_that_never_stops_fails_the_tenant_with_one_message(
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "APIGW.0301" in proc.stderr and "Traceback" not in proc.stderr
     assert hostile.requests <= 4, "a refused credential stops the tenant: no request per scope"
+
+
+def test_hostile_project_names_stay_under_the_root_each_in_its_own_file(
+    tmp_path: Path, hostile: HostileServer
+) -> None:
+    import unicodedata
+
+    names = [
+        "cn-north-4_../../../escape", "cn-north-4_a/b", "cn-north-4_a\\b", "cn-north-4_..",
+        "cn-north-4_Web", "cn-north-4_web", "cn-north-4_WEB", "cn-north-4_caf\u00e9",
+        unicodedata.normalize("NFD", "cn-north-4_caf\u00e9"), "cn-north-4_\x1b[31mred",
+        "cn-north-4_" + "x" * 300, "cn-north-4_a\x00b",
+    ]  # fmt: skip
+    hostile.projects = [
+        {"id": _project(0x100 + i), "name": name, "enabled": True, "domain_id": "d"}
+        for i, name in enumerate(names)
+    ]
+    tenant = {
+        "tenant": "names",
+        "auth": {"mode": "token", "token_env": "HOSTILE_TOKEN"},
+        "endpoints": {"iam": hostile.url, "eps": hostile.url, "cbr": hostile.url},
+        "regions": ["cn-north-4"],
+        "rate_limit": {"requests_per_second": "unlimited", "concurrency": 4, "page_size": 100},
+    }
+    config = tmp_path / "names.yaml"
+    config.write_text(yaml.safe_dump(tenant))
+    out = tmp_path / "out"
+    before = set(tmp_path.iterdir())
+
+    proc = run_cli("run", "--config", str(config), "--output", str(out), env=crawler_env(HOSTILE_TOKEN=TOKEN))
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and len(manifest["scopes"]) == len(names)
+    paths = [f["path"] for s in manifest["scopes"] for f in s["files"]]
+    assert len(paths) == len(names) == len({p.casefold() for p in paths}), "one file each, by case too"
+    root = out.resolve()
+    for scope in manifest["scopes"]:
+        [entry] = scope["files"]
+        path = (out / entry["path"]).resolve()
+        assert path.is_relative_to(root) and not path.is_symlink(), entry["path"]
+        assert all(part.isprintable() and len(part) <= 80 for part in path.relative_to(root).parts)
+        ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
+        assert ids == [f"{scope['project_id']}-{i}" for i in range(2)]
+    assert set(tmp_path.iterdir()) == before | {out}, "nothing written outside the output root"
