@@ -81,7 +81,15 @@ def test_no_secret_reaches_any_output_log_or_state(
         return proc
 
     (tmp_path / "tenants").mkdir()
-    for name in ("password", "password-json", "aksk", "temporary", "wrong-password", "wrong-secret"):
+    for name in (
+        "password",
+        "password-json",
+        "aksk",
+        "temporary",
+        "wrong-password",
+        "wrong-secret",
+        "agency",
+    ):
         (tmp_path / "tenants" / name).mkdir()
     assert run("password", PASSWORD_AUTH, *loud).returncode == 0
     assert run("password-json", PASSWORD_AUTH, *loud, "--log-json", "--diff-against", "auto").returncode == 0
@@ -92,6 +100,10 @@ def test_no_secret_reaches_any_output_log_or_state(
     assert refused.returncode == 1 and "401" in refused.stderr
     unsigned = run("wrong-secret", AKSK_AUTH, *loud, "--log-json", env={**env, "BOT_SK": WRONG_SECRET})
     assert unsigned.returncode == 1 and "APIGW.0301" in unsigned.stderr
+    # A 403 from IAM: the password token is issued, the agency it asks for is refused.
+    agency = {"mode": "agency", "source": PASSWORD_AUTH, "domain_name": "acme", "agency_name": "no-such"}
+    forbidden = run("agency", agency, *loud)
+    assert forbidden.returncode == 1 and "403" in forbidden.stderr
 
     issued = _issued(emu)
     assert len(issued) >= 5, "tokens and temporary credentials must have been issued to mean anything"
