@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -141,6 +142,26 @@ def test_without_churn_a_single_pass_costs_its_pages_and_one_probe_per_enterpris
     assert requests1 * 3 < requests2
     for a, b in zip(single["scopes"], per_pass["scopes"], strict=True):
         assert set(scope_ids(out1, a)) == set(scope_ids(out2, b)), a["key"]
+
+    # `plan` says the same beforehand: the plan and why, each pass's count and requests, the
+    # requests under the plan (pages of 200 here) and the minimum (1000-record pages).
+    plan = run_cli("plan", "--config", str(tmp_path / "single" / "acme-prod.yaml"))
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert "tenant acme-prod: 50 scopes in 5 queries (single pass per project: " in plan.stdout
+    rows = re.findall(
+        r"^  acme-prod/\S+/single-pass: (\d+) backups, (\d+) requests -> 10 scopes$", plan.stdout, re.M
+    )
+    assert len(rows) == 5
+    counts = {s["single_pass"]["pass"]: s["single_pass"]["count"] for s in single["scopes"]}
+    assert sorted(int(b) for b, _ in rows) == sorted(counts.values())
+    under_plan = sum(int(r) for _, r in rows)
+    assert under_plan == sum(max(1, math.ceil(c / 200)) for c in counts.values())
+    minimum = sum(max(1, math.ceil(c / 1000)) for c in counts.values())
+    discovery = single["plans"]["acme-prod"]["discovery_requests"]
+    assert (
+        f"{under_plan} requests under this plan (page size 200) + {discovery} for discovery; " in plan.stdout
+    )
+    assert f"minimum {minimum + discovery} (one pass per project in 1000-record pages" in plan.stdout
 
 
 REGIONS = Scenario(
