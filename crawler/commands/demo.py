@@ -16,7 +16,6 @@ from crawler.commands.run import print_summary
 from crawler.config import TenantConfig, load_tenants
 from crawler.emulator.estate import DomainSpec, EstateSpec
 from crawler.emulator.scenario import Scenario
-from crawler.emulator.server import EmulatorServer
 from crawler.pipeline.runner import RunOptions, RunOutcome, run_crawl
 from crawler.support.aio import run_async
 from crawler.support.logs import setup_logging
@@ -70,6 +69,9 @@ def run_demo(args: argparse.Namespace) -> int:
     config_path = Path(args.config) if args.config else demo_config_path()
     tenants = load_tenants([config_path])
     output = Path(args.output)
+
+    # Imported here: every other command (a nightly run) would pay for the emulator's server at start.
+    from crawler.emulator.server import EmulatorServer
 
     async def crawl() -> tuple[RunOutcome, dict[str, int]]:
         async with EmulatorServer(demo_scenario(args.backups)) as emulator:
