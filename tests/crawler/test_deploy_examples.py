@@ -123,13 +123,15 @@ def test_cron_wrapper_sigterm_exits_130_and_a_rerun_resumes(
         estate=EstateSpec(
             seed=32, regions=("cn-north-4",), domains=(DomainSpec("acme", backups=3000, subprojects=2),)
         ),
-        faults=FaultsSpec(latency=(LatencySpec(api="cbr.list_backups", ms=60),)),
+        # Slow enough that both shards are still crawling when the signal comes (a single pass per
+        # project makes few requests: at 60 ms a shard could finish first, and then not resume).
+        faults=FaultsSpec(latency=(LatencySpec(api="cbr.list_backups", ms=200),)),
     )
     emu = emulator_factory(slow)
     config = _tenant(
         tmp_path / "tenants",
         emu.url,
-        rate_limit={"requests_per_second": 200, "concurrency": 2, "page_size": 100},
+        rate_limit={"requests_per_second": 200, "concurrency": 2, "page_size": 50},
     )
     base = tmp_path / "cbr"
     out = base / "2026-11-27"
