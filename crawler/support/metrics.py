@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -164,11 +165,20 @@ def _report_metrics(report: dict[str, Any], gauge: Any) -> None:
 
 
 def write_metrics_file(path: Path, registry: CollectorRegistry) -> None:
-    """Atomically (temporary file in the same directory, then rename). Blocking."""
+    """Atomically (temporary file in the same directory, then rename). Blocking.
+
+    The file is readable by all (0644) whatever the run's umask (077 by default: outputs are
+    private): node_exporter's textfile collector reads it as its own user, and it holds counts and
+    statuses only, no secret and no backup.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     from prometheus_client import write_to_textfile
 
-    write_to_textfile(str(path), registry)
+    previous = os.umask(0o022)
+    try:
+        write_to_textfile(str(path), registry)
+    finally:
+        os.umask(previous)
 
 
 def safe_url(url: str) -> str:

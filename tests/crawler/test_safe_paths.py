@@ -113,4 +113,8 @@ def test_a_crawl_writes_private_files_and_directories(
 
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / ".cbr-crawler" / "state.sqlite").exists() and (out / "report.json").exists()
+    metrics_file = out / "m.prom"
+    # The metrics file is for node_exporter, another user: readable by all, whatever the umask.
+    assert stat.S_IMODE(metrics_file.stat().st_mode) == 0o644
+    metrics_file.unlink()
     assert _modes(out) == expected
