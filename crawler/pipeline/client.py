@@ -210,14 +210,19 @@ async def _read_capped(resp: aiohttp.ClientResponse, request: ApiRequest, cap: i
             resp.status, "BodyTooLarge", f"{too_large}; Content-Length {resp.content_length:,}",
             request_id=request_id, url=request.path,
         )  # fmt: skip
-    body = bytearray()
+    if resp.content_length is not None:
+        return await resp.read()  # aiohttp reads no further than the stated length: within the cap
+    # No length (chunked): counted as it comes, and joined once at the end.
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in resp.content.iter_chunked(1 << 20):
-        body += chunk
-        if len(body) > cap:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
             raise BodyTooLarge(
                 resp.status, "BodyTooLarge", too_large, request_id=request_id, url=request.path
             )
-    return bytes(body)
+    return b"".join(chunks)
 
 
 class ApiClient:
