@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -121,25 +122,31 @@ async def _store_ceiling(env: dict[str, str], size: int, uploads: int) -> float:
     part = os.urandom(PART_SIZE)
     parts = max(1, size // PART_SIZE)
     async with open_store(StoreSettings.from_env(env)) as client:
-
-        async def upload(n: int, count: int) -> None:
-            key = f"ceiling/{n}"
-            created = await client.create_multipart_upload(Bucket=BUCKET, Key=key)
-            done = []
-            for number in range(1, count + 1):
-                answer = await client.upload_part(
-                    Bucket=BUCKET, Key=key, UploadId=created["UploadId"], PartNumber=number, Body=part
-                )
-                done.append({"ETag": answer["ETag"], "PartNumber": number})
-            await client.complete_multipart_upload(
-                Bucket=BUCKET, Key=key, UploadId=created["UploadId"], MultipartUpload={"Parts": done}
-            )
-            await client.delete_object(Bucket=BUCKET, Key=key)
-
         shares = [parts // uploads + (1 if n < parts % uploads else 0) for n in range(uploads)]
         started = time.perf_counter()
-        await asyncio.gather(*(upload(n, count) for n, count in enumerate(shares) if count))
+        await asyncio.gather(
+            *(
+                put_multipart(client, BUCKET, f"ceiling/{n}", count, part)
+                for n, count in enumerate(shares)
+                if count
+            )
+        )
         return parts * PART_SIZE / (time.perf_counter() - started)
+
+
+async def put_multipart(client: Any, bucket: str, key: str, count: int, part: bytes) -> None:
+    """``count`` parts of ``part``, one in flight, as the object sink uploads; completed, then deleted."""
+    created = await client.create_multipart_upload(Bucket=bucket, Key=key)
+    done = []
+    for number in range(1, count + 1):
+        answer = await client.upload_part(
+            Bucket=bucket, Key=key, UploadId=created["UploadId"], PartNumber=number, Body=part
+        )
+        done.append({"ETag": answer["ETag"], "PartNumber": number})
+    await client.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=created["UploadId"], MultipartUpload={"Parts": done}
+    )
+    await client.delete_object(Bucket=bucket, Key=key)
 
 
 def _empty(s3: object, prefix: str) -> None:

@@ -34,26 +34,14 @@ def _free_port() -> int:
 
 
 async def _aiobotocore(endpoint: str, uploads: int, parts: int, body: bytes) -> None:
+    from bench.objectstore import put_multipart
     from crawler.pipeline.objectstore import StoreSettings, open_store
 
     env = {"CBR_CRAWLER_S3_ENDPOINT": endpoint, "CBR_CRAWLER_S3_ADDRESSING": "path"}
     async with open_store(StoreSettings.from_env(env)) as client:
-
-        async def upload(n: int) -> None:
-            key = f"aiobotocore/{n}"
-            created = await client.create_multipart_upload(Bucket=BUCKET, Key=key)
-            done = []
-            for number in range(1, parts + 1):
-                answer = await client.upload_part(
-                    Bucket=BUCKET, Key=key, UploadId=created["UploadId"], PartNumber=number, Body=body
-                )
-                done.append({"ETag": answer["ETag"], "PartNumber": number})
-            await client.complete_multipart_upload(
-                Bucket=BUCKET, Key=key, UploadId=created["UploadId"], MultipartUpload={"Parts": done}
-            )
-            await client.delete_object(Bucket=BUCKET, Key=key)
-
-        await asyncio.gather(*(upload(n) for n in range(uploads)))
+        await asyncio.gather(
+            *(put_multipart(client, BUCKET, f"aiobotocore/{n}", parts, body) for n in range(uploads))
+        )
 
 
 def _obstore_put(concurrency: int) -> Callable[[str, int, int, bytes], Awaitable[None]]:

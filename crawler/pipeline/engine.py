@@ -28,7 +28,7 @@ from crawler.pipeline.client import ApiClient, Authenticator
 from crawler.pipeline.dedupe import SPILL_AT
 from crawler.pipeline.listbackups import Page, list_backups_request, parse_owned_page, parse_page
 from crawler.pipeline.paging import ScopeWalk
-from crawler.pipeline.passes import PlanChoice, SplitOutput
+from crawler.pipeline.passes import PassOutput, PlanChoice
 from crawler.pipeline.ratelimit import QuotaLimiter
 from crawler.pipeline.scheduler import TenantScheduler
 from crawler.pipeline.scope import Scope, ScopeResult
@@ -160,18 +160,14 @@ class Engine:
 
         def open_scope(scope: Scope) -> ScopeWalk:
             deadline = loop.time() + tenant.scope_deadline
-            output: ScopeOutput | SplitOutput
-            if scope.partitions:
-                output = SplitOutput(
-                    scope,
-                    {
-                        p.key: self.sink.open(p.relpath(tenant.layout), tenant.compression)
-                        for p in scope.partitions
-                        if p.key not in self.done
-                    },
-                )
-            else:
-                output = self.sink.open(scope.relpath(tenant.layout), tenant.compression)
+            output = PassOutput(
+                scope,
+                {
+                    m.key: self.sink.open(m.relpath(tenant.layout), tenant.compression)
+                    for m in scope.members
+                    if m.key not in self.done
+                },
+            )
             return ScopeWalk(
                 scope,
                 output,
@@ -242,17 +238,14 @@ class Engine:
 
     async def _commit(self, walk: ScopeWalk, result: ScopeResult) -> None:
         """Commit a finished walk's output: its scope's, or each partition's of a single pass."""
-        if isinstance(walk.output, SplitOutput):
-            split = walk.output
-            for index, partition in enumerate(split.partition_results(result)):
-                try:
-                    await self._commit_output(split.outputs[partition.scope.key], partition)
-                except asyncio.CancelledError:
-                    for later in split.targets[index + 1 :]:
-                        await asyncio.shield(split.outputs[later.key].discard())
-                    raise
-        else:
-            await self._commit_output(walk.output, result)
+        output = walk.output
+        for index, scope_result in enumerate(output.partition_results(result)):
+            try:
+                await self._commit_output(output.outputs[scope_result.scope.key], scope_result)
+            except asyncio.CancelledError:
+                for later in output.targets[index + 1 :]:
+                    await asyncio.shield(output.outputs[later.key].discard())
+                raise
 
     async def _commit_output(self, output: ScopeOutput, result: ScopeResult) -> None:
         """Commit one scope's output in the background (complete, or under its .partial name).

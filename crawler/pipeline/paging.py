@@ -39,10 +39,8 @@ from typing import Any
 from crawler.errors import ApiError, CrawlerError
 from crawler.pipeline.dedupe import SPILL_AT, ScopeIds
 from crawler.pipeline.listbackups import Page
-from crawler.pipeline.passes import SplitOutput
-from crawler.pipeline.records import encode_lines
+from crawler.pipeline.passes import PassOutput
 from crawler.pipeline.scope import Scope, ScopeResult
-from crawler.pipeline.sink import ScopeOutput
 from crawler.support.clock import utc_now_iso
 from crawler.support.progress import RunStats
 
@@ -52,8 +50,8 @@ RECONCILE_SORT = "created_at:asc,id:asc"
 
 # A ListBackups query of the scope (its own parameters plus paging) -> the decoded page.
 Fetch = Callable[[list[tuple[str, str]]], Awaitable[Page]]
-# A page's lines ready to write: one scope's bytes, or a single pass's (partition, bytes, records).
-Encoded = bytes | list[tuple[str, bytes, int]]
+# A page's lines ready to write: (scope key, NDJSON lines, records) per scope they belong to.
+Encoded = list[tuple[str, bytes, int]]
 
 
 class ScopeWalk:
@@ -62,7 +60,7 @@ class ScopeWalk:
     def __init__(
         self,
         scope: Scope,
-        output: ScopeOutput | SplitOutput,
+        output: PassOutput,
         fetch: Fetch,
         *,
         run_id: str,
@@ -205,23 +203,16 @@ class ScopeWalk:
     def _encode(self, page: Page) -> tuple[Encoded, int]:
         """NDJSON lines for the records not seen before in this scope, and how many."""
         if not page.records:
-            return b"", 0  # most scopes of a big estate are empty: nothing to stamp
+            return [], 0  # most scopes of a big estate are empty: nothing to stamp
         ids = self._ids
         assert ids is not None
         keep = ids.keep_new(page.ids)
         self.result.duplicates += len(page.ids) - len(keep)
-        if isinstance(self.output, SplitOutput):
-            chunks = self.output.encode(page, keep, self._provenance)
-            return chunks, sum(records for _, _, records in chunks)
-        return encode_lines(page.records, keep, page.clashing, self._provenance(self.scope)), len(keep)
+        chunks = self.output.encode(page, keep, self._provenance)
+        return chunks, sum(records for _, _, records in chunks)
 
     async def _write(self, data: Encoded, records: int) -> None:
-        if isinstance(self.output, SplitOutput):
-            assert isinstance(data, list)
-            await self.output.write(data)
-        else:
-            assert isinstance(data, bytes)
-            await self.output.write(data, records)
+        await self.output.write(data)
 
     def _provenance(self, scope: Scope) -> dict[str, Any]:
         """The ``_crawl`` object of the lines of ``scope`` (the walk's, or one of its partitions)."""

@@ -14,7 +14,7 @@ belongs to:
   field is optional in the API and means ``"0"``, the default EP, when absent.
 
 So the crawler makes that *single pass* wherever the partitions can be derived (:func:`choose_plan`
-says when, and why not otherwise), and :class:`SplitOutput` splits its records into the files and
+says when, and why not otherwise), and :class:`PassOutput` splits its records into the files and
 names the per-partition queries would have written. A record goes to every partition it matches:
 exactly one when the views asked are disjoint (``all_granted`` with ``private`` overlaps, as it does
 per query). A record in no requested partition (an EP the tenant excluded) is counted, not written.
@@ -124,16 +124,18 @@ def in_partition(partition: Scope, listed_project: str, owner: str, ep: str) -> 
     return wanted is None or wanted in (ALL_GRANTED_EPS, ep)
 
 
-class SplitOutput:
-    """A single pass's output: its records split into one :class:`ScopeOutput` per partition."""
+class PassOutput:
+    """Where one query's records go: its scope's :class:`ScopeOutput`, or, for a single pass, one
+    per partition, each record to the partitions its fields say (the walk and the engine see the
+    same interface either way)."""
 
-    def __init__(self, single_pass: Scope, outputs: dict[str, ScopeOutput]) -> None:
-        """``outputs``: by partition key, the partitions still to write (a resumed run leaves out
-        those an earlier attempt completed: their records are then counted as done elsewhere)."""
-        self.scope = single_pass
+    def __init__(self, scope: Scope, outputs: dict[str, ScopeOutput]) -> None:
+        """``outputs``: by scope key, the scopes still to write (a resumed run leaves out the
+        partitions an earlier attempt completed: their records are then counted as done elsewhere)."""
+        self.scope = scope
         self.outputs = outputs
-        self.targets = [p for p in single_pass.partitions if p.key in outputs]
-        self.done = [p for p in single_pass.partitions if p.key not in outputs]
+        self.targets = [p for p in scope.members if p.key in outputs]
+        self.done = [p for p in scope.members if p.key not in outputs]
         self.rewritable = all(o.rewritable for o in outputs.values())
         self.written = dict.fromkeys(outputs, 0)
         self.outside = 0  # records of this pass in no partition asked for
@@ -142,7 +144,14 @@ class SplitOutput:
     def encode(
         self, page: Page, keep: Sequence[int], provenance: Callable[[Scope], dict[str, Any]]
     ) -> list[tuple[str, bytes, int]]:
-        """(partition key, NDJSON lines, records) for each partition the kept records fall in."""
+        """(scope key, NDJSON lines, records) for each scope the kept records fall in."""
+        if not keep:
+            return []
+        if not self.scope.partitions:  # a scope's own query: every record is the scope's
+            scope = self.scope
+            return [
+                (scope.key, encode_lines(page.records, keep, page.clashing, provenance(scope)), len(keep))
+            ]
         assert page.owners is not None and page.eps is not None, "a single pass parses owners"
         owners, eps, project = page.owners, page.eps, self.scope.project_id
         routes = self._routes
@@ -187,7 +196,10 @@ class SplitOutput:
         self.outside = 0
 
     def partition_results(self, result: ScopeResult) -> list[ScopeResult]:
-        """Each partition's result, from the single pass's (one per partition still to write)."""
+        """Each scope's result: a scope's own query's as it is, a single pass's partitions' from it
+        (one per partition still to write)."""
+        if not self.scope.partitions:
+            return [result]
         check = {
             "pass": result.scope.key,
             "query": [list(p) for p in result.scope.query()],

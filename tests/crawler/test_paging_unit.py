@@ -15,6 +15,7 @@ from crawler.errors import ApiError, BadResponseError
 from crawler.pipeline.dedupe import RECENT_PAGES, compact_id
 from crawler.pipeline.listbackups import Page, parse_page
 from crawler.pipeline.paging import RECONCILE_SORT, ScopeWalk
+from crawler.pipeline.passes import PassOutput
 from crawler.pipeline.records import PROVENANCE_KEY
 from crawler.pipeline.scope import Scope
 
@@ -38,6 +39,11 @@ class _Memory:
 
     def ids(self) -> list[str]:
         return [orjson.loads(line)["id"] for line in self.data.splitlines()]
+
+
+def _own(output: Any) -> PassOutput:
+    """The walk's output for a scope fetched by its own query: its one ScopeOutput."""
+    return PassOutput(SCOPE, {SCOPE.key: output})
 
 
 class _Rewritable(_Memory):
@@ -120,7 +126,7 @@ async def test_records_are_written_byte_for_byte_with_provenance_spliced_in() ->
         return page
 
     out = _Memory()
-    walk = ScopeWalk(SCOPE, out, fetch, run_id="r1", page_size=1000, window=2)
+    walk = ScopeWalk(SCOPE, _own(out), fetch, run_id="r1", page_size=1000, window=2)
     await _walk_offsets(walk)
     first, second = out.data.splitlines()
     assert first.startswith(raw[:-1] + b',"_crawl":{'), "the API's bytes are kept as sent"
@@ -138,7 +144,7 @@ async def test_a_record_already_carrying_the_provenance_key_stays_valid_json() -
         return parse_page(b'{"count": 1, "backups": [{"id": "x", "_crawl": "theirs"}]}', None)
 
     out = _Memory()
-    walk = ScopeWalk(SCOPE, out, fetch, run_id="r2", page_size=1000, window=2)
+    walk = ScopeWalk(SCOPE, _own(out), fetch, run_id="r2", page_size=1000, window=2)
     await _walk_offsets(walk)
     line = out.data.strip()
     assert line.count(b'"_crawl"') == 1
@@ -167,7 +173,7 @@ async def test_a_far_repeat_in_a_spilled_scope_is_rewritten_whole_by_the_marker_
     offsets, ids = _far_repeat_pages()
     fetch = _Pages(offsets, len(ids), marker_ids=ids)
     out = _Rewritable()
-    walk = ScopeWalk(SCOPE, out, fetch, run_id="r3", page_size=2, window=len(offsets), spill_at=0)
+    walk = ScopeWalk(SCOPE, _own(out), fetch, run_id="r3", page_size=2, window=len(offsets), spill_at=0)
     await _walk_offsets(walk)
     assert walk.result.duplicates == 0 and len(out.ids()) == len(ids), "nothing in memory saw the repeat"
 
@@ -189,7 +195,7 @@ async def test_a_far_repeat_whose_marker_pass_fails_is_never_complete() -> None:
     refused = ApiError(403, "BackupService.8600", "forbidden", request_id="rid-9")
     fetch = _Pages(offsets, len(ids), marker_error=refused)
     out = _Rewritable()
-    walk = ScopeWalk(SCOPE, out, fetch, run_id="r4", page_size=2, window=len(offsets), spill_at=0)
+    walk = ScopeWalk(SCOPE, _own(out), fetch, run_id="r4", page_size=2, window=len(offsets), spill_at=0)
     await _walk_offsets(walk)
 
     result = await walk.finish()
@@ -209,7 +215,7 @@ async def test_drift_in_memory_is_appended_to_by_the_marker_pass_and_a_vanished_
     # place and page 1 starts at "d": "c" is skipped and the page comes back short.
     fetch = _Pages({0: ["a", "b"], 2: ["d"]}, count=4, marker_ids=["a", "b", "c", "d"])
     out = _Memory()
-    walk = ScopeWalk(SCOPE, out, fetch, run_id="r5", page_size=2, window=4)
+    walk = ScopeWalk(SCOPE, _own(out), fetch, run_id="r5", page_size=2, window=4)
     await _walk_offsets(walk)
     assert out.ids() == ["a", "b", "d"]
 
@@ -234,7 +240,7 @@ async def test_a_failed_request_ends_the_walk_with_its_error_and_request_id() ->
     async def fetch(query: list[tuple[str, str]]) -> Page:
         raise ApiError(404, "BackupService.6302", "no such project", request_id="rid-4")
 
-    walk = ScopeWalk(SCOPE, _Memory(), fetch, run_id="r6", page_size=10, window=2)
+    walk = ScopeWalk(SCOPE, _own(_Memory()), fetch, run_id="r6", page_size=10, window=2)
     await _walk_offsets(walk)
     result = await walk.finish()
     assert result.status == "failed" and result.request_id == "rid-4"

@@ -10,7 +10,7 @@ import pytest
 
 from crawler.errors import BadResponseError
 from crawler.pipeline.listbackups import parse_owned_page, parse_page
-from crawler.pipeline.passes import SplitOutput, choose_plan, group_into_passes, in_partition
+from crawler.pipeline.passes import PassOutput, choose_plan, group_into_passes, in_partition
 from crawler.pipeline.scope import Scope, ScopeResult
 from crawler.pipeline.sink import FileRecord
 
@@ -99,7 +99,7 @@ async def test_a_single_pass_splits_each_record_into_its_one_partition() -> None
     single = group_into_passes(partitions, "discover")[0]
     done = partitions[3]  # shared, EP "0": written by an earlier attempt
     outputs = {p.key: _Output() for p in partitions if p is not done}
-    split = SplitOutput(single, outputs)  # type: ignore[arg-type]
+    split = PassOutput(single, outputs)  # type: ignore[arg-type]
     records = [
         _record(1, P, EP_A),  # private, EP_A
         _record(2, Q, EP_A),  # shared, EP_A
