@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
+from aiohttp import BasicAuth
+from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from crawler import __version__
@@ -245,9 +247,25 @@ class ApiClient:
         # environment's HTTPS_PROXY / NO_PROXY apply otherwise (the session trusts the env).
         self.ssl = ssl
         self.proxy = proxy
+        # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, looked up once per endpoint (not per request, as
+        # aiohttp's trust_env does: it also reads ~/.netrc in a thread for every request).
+        self._env_proxies: dict[tuple[str, str | None, int | None], tuple[URL | None, BasicAuth | None]] = {}
         self.retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
         self._sleep = sleep
+
+    def _proxy_for(self, url: URL) -> tuple[str | URL | None, BasicAuth | None]:
+        if self.proxy is not None:
+            return self.proxy, None
+        key = (url.scheme, url.host, url.port)
+        found = self._env_proxies.get(key)
+        if found is None:
+            try:
+                found = get_env_proxy_for_url(url)
+            except LookupError:  # no proxy for this URL (none set, or NO_PROXY matches)
+                found = (None, None)
+            self._env_proxies[key] = found
+        return found
 
     def for_tenant(self, ssl: ssl_module.SSLContext | bool, proxy: str | None) -> ApiClient:
         """This client, on the same session and retry policy, with a tenant's TLS and proxy."""
@@ -346,6 +364,7 @@ class ApiClient:
         }
         await auth.authorize(request, headers)
         url = request.url()
+        proxy, proxy_auth = self._proxy_for(url)
         try:
             async with self.session.request(
                 request.method,
@@ -354,7 +373,8 @@ class ApiClient:
                 data=request.body or None,
                 allow_redirects=False,
                 ssl=self.ssl,
-                proxy=self.proxy,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
             ) as resp:
                 status = resp.status
                 body = await _read_capped(resp, request, self.max_body)

@@ -91,5 +91,7 @@ def open_session(tenants: Sequence[TenantConfig]) -> aiohttp.ClientSession:
     timeout = aiohttp.ClientTimeout(total=total, connect=connect, sock_read=read)
     limit = sum(t.rate_limit.concurrency for t in tenants) + 8
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300)
-    # trust_env: HTTPS_PROXY / HTTP_PROXY / NO_PROXY (and ~/.netrc) as every HTTP client honours them.
-    return aiohttp.ClientSession(timeout=timeout, connector=connector, raise_for_status=False, trust_env=True)
+    # No trust_env: the proxy variables are honoured by the client (ApiClient._proxy_for, once per
+    # endpoint); trust_env would also look ~/.netrc up in a thread for every request, and send
+    # credentials found there.
+    return aiohttp.ClientSession(timeout=timeout, connector=connector, raise_for_status=False)
